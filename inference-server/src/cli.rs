@@ -1,0 +1,8 @@
+//! One module per `vsr` subcommand; each exposes `XxxArgs` (clap) and `run`.
+
+pub mod init;
+pub mod mock_llm;
+pub mod render;
+pub mod run;
+pub mod serve;
+pub mod validate;

@@ -1,0 +1,3 @@
+//! The native half of the router: CLI commands and the inference sidecar.
+
+pub mod cli;

@@ -1,0 +1,46 @@
+//! `vsr`: the router's command-line program.
+
+use clap::{Parser, Subcommand};
+use inference_server::cli;
+
+#[derive(Parser)]
+#[command(name = "vsr", version, about = "Semantic router for LLM traffic: Envoy + proxy-wasm filter + inference sidecar")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented default config.
+    Init(cli::init::InitArgs),
+    /// Check a config file; exit 0 when valid, else print every error.
+    Validate(cli::validate::ValidateArgs),
+    /// Print the Envoy bootstrap for a config.
+    Render(cli::render::RenderArgs),
+    /// Start Envoy (and the sidecar, when needed) for a config; Ctrl-C stops everything.
+    Run(cli::run::RunArgs),
+    /// An OpenAI-compatible mock backend that echoes what it received.
+    MockLlm(cli::mock_llm::MockLlmArgs),
+    /// Start the inference sidecar (gRPC + HTTP).
+    Serve(cli::serve::ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(a) => cli::init::run(a),
+        Command::Validate(a) => cli::validate::run(a),
+        Command::Render(a) => cli::render::run(a),
+        Command::Run(a) => cli::run::run(a),
+        Command::MockLlm(a) => cli::mock_llm::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

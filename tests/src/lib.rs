@@ -1,0 +1,1 @@
+//! Test harness (to be written).
