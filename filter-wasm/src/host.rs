@@ -18,7 +18,10 @@ fn warn_on_err<T>(what: &str, r: Result<T, proxy_wasm::types::Status>) -> Option
     match r {
         Ok(v) => Some(v),
         Err(status) => {
-            log(LogLevel::Warn, &format!("vsr: hostcall {what} failed: {status:?}"));
+            log(
+                LogLevel::Warn,
+                &format!("vsr: hostcall {what} failed: {status:?}"),
+            );
             None
         }
     }
@@ -26,35 +29,56 @@ fn warn_on_err<T>(what: &str, r: Result<T, proxy_wasm::types::Status>) -> Option
 
 impl HttpHost for ProxyWasmHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        warn_on_err("set_request_header", hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value));
+        warn_on_err(
+            "set_request_header",
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value),
+        );
     }
 
     fn add_request_header(&mut self, name: &str, value: &str) {
-        warn_on_err("add_request_header", hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value));
+        warn_on_err(
+            "add_request_header",
+            hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value),
+        );
     }
 
     fn request_body(&self, len: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, len).ok().flatten()
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, len)
+            .ok()
+            .flatten()
     }
 
     fn replace_request_body(&mut self, body: &[u8]) {
-        warn_on_err("replace_request_body", hostcalls::set_buffer(BufferType::HttpRequestBody, 0, self.body_size, body));
+        warn_on_err(
+            "replace_request_body",
+            hostcalls::set_buffer(BufferType::HttpRequestBody, 0, self.body_size, body),
+        );
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
     }
 
     fn set_response_header(&mut self, name: &str, value: &str) {
-        warn_on_err("set_response_header", hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)));
+        warn_on_err(
+            "set_response_header",
+            hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)),
+        );
     }
 
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        warn_on_err("send_http_response", hostcalls::send_http_response(status, headers.to_vec(), Some(body)));
+        warn_on_err(
+            "send_http_response",
+            hostcalls::send_http_response(status, headers.to_vec(), Some(body)),
+        );
     }
 
     fn log_debug(&self, message: &str) {

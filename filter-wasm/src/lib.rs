@@ -26,19 +26,29 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let raw = match proxy_wasm::hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size) {
+        let raw = match proxy_wasm::hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+        {
             Ok(Some(raw)) => raw,
             _ => {
-                host::log(LogLevel::Error, "vsr: no plugin configuration: the filter needs the router config as JSON");
+                host::log(
+                    LogLevel::Error,
+                    "vsr: no plugin configuration: the filter needs the router config as JSON",
+                );
                 return false;
             }
         };
-        let loaded = UserConfig::from_json("plugin configuration", &raw).map_err(|e| e.to_string()).and_then(|cfg| {
-            let env = |var: &str| std::env::var(var).ok();
-            Router::new(&cfg, &env, Capabilities::default()).map_err(|errors| {
-                errors.iter().map(|e| format!("plugin configuration: {}: {}", e.path, e.message)).collect::<Vec<_>>().join("\n")
-            })
-        });
+        let loaded = UserConfig::from_json("plugin configuration", &raw)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| {
+                let env = |var: &str| std::env::var(var).ok();
+                Router::new(&cfg, &env, Capabilities::default()).map_err(|errors| {
+                    errors
+                        .iter()
+                        .map(|e| format!("plugin configuration: {}: {}", e.path, e.message))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+            });
         match loaded {
             Ok(router) => {
                 self.router = Some(Rc::new(router));
@@ -46,7 +56,10 @@ impl RootContext for Root {
                 true
             }
             Err(msg) => {
-                host::log(LogLevel::Error, &format!("vsr: invalid configuration:\n{msg}"));
+                host::log(
+                    LogLevel::Error,
+                    &format!("vsr: invalid configuration:\n{msg}"),
+                );
                 false
             }
         }
@@ -54,7 +67,10 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let router = self.router.clone()?;
-        Some(Box::new(Filter { flow: RequestFlow::new(router), body_size: 0 }))
+        Some(Box::new(Filter {
+            flow: RequestFlow::new(router),
+            body_size: 0,
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -78,15 +94,28 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
-        to_wasm(self.flow.on_request_headers(&mut ProxyWasmHost { body_size: 0 }, end_of_stream))
+        to_wasm(
+            self.flow
+                .on_request_headers(&mut ProxyWasmHost { body_size: 0 }, end_of_stream),
+        )
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
         self.body_size = body_size;
-        to_wasm(self.flow.on_request_body(&mut ProxyWasmHost { body_size }, body_size, end_of_stream))
+        to_wasm(self.flow.on_request_body(
+            &mut ProxyWasmHost { body_size },
+            body_size,
+            end_of_stream,
+        ))
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> WasmAction {
-        to_wasm(self.flow.on_response_headers(&mut ProxyWasmHost { body_size: self.body_size }))
+    fn on_http_response_headers(
+        &mut self,
+        _num_headers: usize,
+        _end_of_stream: bool,
+    ) -> WasmAction {
+        to_wasm(self.flow.on_response_headers(&mut ProxyWasmHost {
+            body_size: self.body_size,
+        }))
     }
 }

@@ -8,6 +8,9 @@
 
 pub mod validate;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -44,7 +47,10 @@ pub struct UserConfig {
 }
 
 fn default_auto_model_names() -> Vec<String> {
-    DEFAULT_AUTO_MODEL_NAMES.iter().map(|s| s.to_string()).collect()
+    DEFAULT_AUTO_MODEL_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,7 +78,9 @@ fn default_max_body() -> usize {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES }
+        Limits {
+            max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+        }
     }
 }
 
@@ -511,7 +519,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -543,7 +554,17 @@ impl std::error::Error for ConfigErrors {}
 fn path_error<E: fmt::Display>(source: &str, err: serde_path_to_error::Error<E>) -> ConfigErrors {
     let path = err.path().to_string();
     let path = if path == "." { String::new() } else { path };
-    ConfigErrors { source: source.to_string(), errors: vec![ConfigError::new(path, err.inner().to_string())] }
+    let mut message = err.inner().to_string();
+    // serde_yaml prefixes its own (shorter) path; the full one is already in `path`.
+    if let Some((head, rest)) = message.split_once(": ") {
+        if !head.contains(' ') && path.starts_with(head) {
+            message = rest.to_string();
+        }
+    }
+    ConfigErrors {
+        source: source.to_string(),
+        errors: vec![ConfigError::new(path, message)],
+    }
 }
 
 impl UserConfig {
@@ -554,7 +575,7 @@ impl UserConfig {
     }
 
     /// Parses the YAML form (what users write) without semantic validation.
-    #[cfg(feature = "yaml")]
+    #[cfg(any(test, feature = "yaml"))]
     pub fn from_yaml(source: &str, yaml: &str) -> Result<Self, ConfigErrors> {
         let de = serde_yaml::Deserializer::from_str(yaml);
         serde_path_to_error::deserialize(de).map_err(|e| path_error(source, e))

@@ -11,7 +11,10 @@ use crate::signals::SignalSet;
 /// A rule tree whose leaves point at signals by index.
 #[derive(Debug, Clone)]
 pub enum Rule {
-    Signal { kind: SignalKind, index: usize },
+    Signal {
+        kind: SignalKind,
+        index: usize,
+    },
     And(Vec<Rule>),
     Or(Vec<Rule>),
     /// None of the children holds.
@@ -20,12 +23,17 @@ pub enum Rule {
 
 impl Rule {
     /// Resolves signal names to indexes; `lookup` returns None for an unknown signal.
-    pub fn compile(g: &RuleGroup, lookup: &dyn Fn(SignalKind, &str) -> Option<usize>) -> Option<Rule> {
+    pub fn compile(
+        g: &RuleGroup,
+        lookup: &dyn Fn(SignalKind, &str) -> Option<usize>,
+    ) -> Option<Rule> {
         let children = g
             .conditions
             .iter()
             .map(|c| match c {
-                Condition::Signal { kind, name } => lookup(*kind, name).map(|index| Rule::Signal { kind: *kind, index }),
+                Condition::Signal { kind, name } => {
+                    lookup(*kind, name).map(|index| Rule::Signal { kind: *kind, index })
+                }
                 Condition::Group(inner) => Rule::compile(inner, lookup),
             })
             .collect::<Option<Vec<_>>>()?;
@@ -87,13 +95,20 @@ pub struct Selected {
 }
 
 /// Picks one matching decision, or None when no rule holds.
-pub fn select(decisions: &[DecisionRule], strategy: Strategy, signals: &SignalSet) -> Option<Selected> {
+pub fn select(
+    decisions: &[DecisionRule],
+    strategy: Strategy,
+    signals: &SignalSet,
+) -> Option<Selected> {
     let mut best: Option<(Selected, i64)> = None;
     for (index, d) in decisions.iter().enumerate() {
         if !d.rule.eval(signals) {
             continue;
         }
-        let candidate = Selected { index, confidence: d.rule.confidence(signals) };
+        let candidate = Selected {
+            index,
+            confidence: d.rule.confidence(signals),
+        };
         // Strictly better only: an equal candidate later in the file never displaces an earlier one.
         let better = match &best {
             None => true,
@@ -114,11 +129,16 @@ mod tests {
     use super::*;
 
     fn kw(i: usize) -> Rule {
-        Rule::Signal { kind: SignalKind::Keyword, index: i }
+        Rule::Signal {
+            kind: SignalKind::Keyword,
+            index: i,
+        }
     }
 
     fn signals(bits: &[bool]) -> SignalSet {
-        SignalSet { keywords: bits.to_vec() }
+        SignalSet {
+            keywords: bits.to_vec(),
+        }
     }
 
     #[test]
@@ -137,17 +157,32 @@ mod tests {
     #[test]
     fn confidence_is_fraction_of_satisfied_leaves() {
         let s = signals(&[true, false, false]);
-        assert_eq!(Rule::Or(vec![kw(0), kw(1), kw(2)]).confidence(&s), 1.0 / 3.0);
-        assert_eq!(Rule::And(vec![kw(0), Rule::Not(vec![kw(1)])]).confidence(&s), 1.0);
+        assert_eq!(
+            Rule::Or(vec![kw(0), kw(1), kw(2)]).confidence(&s),
+            1.0 / 3.0
+        );
+        assert_eq!(
+            Rule::And(vec![kw(0), Rule::Not(vec![kw(1)])]).confidence(&s),
+            1.0
+        );
     }
 
     #[test]
     fn priority_picks_highest_then_first_in_file() {
         let s = signals(&[true, true]);
         let d = vec![
-            DecisionRule { priority: 10, rule: kw(0) },
-            DecisionRule { priority: 20, rule: kw(1) },
-            DecisionRule { priority: 20, rule: kw(0) },
+            DecisionRule {
+                priority: 10,
+                rule: kw(0),
+            },
+            DecisionRule {
+                priority: 20,
+                rule: kw(1),
+            },
+            DecisionRule {
+                priority: 20,
+                rule: kw(0),
+            },
         ];
         assert_eq!(select(&d, Strategy::Priority, &s).unwrap().index, 1);
     }
@@ -156,9 +191,18 @@ mod tests {
     fn confidence_picks_best_fraction_then_first_in_file() {
         let s = signals(&[true, false, true]);
         let d = vec![
-            DecisionRule { priority: 100, rule: Rule::Or(vec![kw(0), kw(1)]) }, // 0.5
-            DecisionRule { priority: 1, rule: Rule::And(vec![kw(0), kw(2)]) },  // 1.0
-            DecisionRule { priority: 1, rule: Rule::Or(vec![kw(2)]) },          // 1.0, later
+            DecisionRule {
+                priority: 100,
+                rule: Rule::Or(vec![kw(0), kw(1)]),
+            }, // 0.5
+            DecisionRule {
+                priority: 1,
+                rule: Rule::And(vec![kw(0), kw(2)]),
+            }, // 1.0
+            DecisionRule {
+                priority: 1,
+                rule: Rule::Or(vec![kw(2)]),
+            }, // 1.0, later
         ];
         let got = select(&d, Strategy::Confidence, &s).unwrap();
         assert_eq!((got.index, got.confidence), (1, 1.0));
@@ -168,7 +212,10 @@ mod tests {
     #[test]
     fn no_match_selects_nothing() {
         let s = signals(&[false]);
-        let d = vec![DecisionRule { priority: 1, rule: kw(0) }];
+        let d = vec![DecisionRule {
+            priority: 1,
+            rule: kw(0),
+        }];
         assert_eq!(select(&d, Strategy::Priority, &s), None);
     }
 }

@@ -51,7 +51,10 @@ const JSON: (&str, &str) = ("content-type", "application/json");
 
 impl RequestFlow {
     pub fn new(router: Rc<Router>) -> Self {
-        RequestFlow { router, state: State::PassThrough }
+        RequestFlow {
+            router,
+            state: State::PassThrough,
+        }
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn HttpHost, end_of_stream: bool) -> Action {
@@ -63,7 +66,11 @@ impl RequestFlow {
         }
         let method = host.request_header(":method").unwrap_or_default();
         let path = host.request_header(":path").unwrap_or_default();
-        let path = path.split('?').next().unwrap_or_default().trim_end_matches('/');
+        let path = path
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/');
 
         match (method.as_str(), path) {
             ("GET", "/v1/models") => {
@@ -72,7 +79,9 @@ impl RequestFlow {
                 Action::Pause
             }
             ("POST", "/v1/chat/completions") => {
-                let declared = host.request_header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+                let declared = host
+                    .request_header("content-length")
+                    .and_then(|v| v.trim().parse::<usize>().ok());
                 if declared.is_some_and(|n| n > self.router.max_body_bytes()) {
                     return self.error(host, &ApiError::too_large(self.router.max_body_bytes()));
                 }
@@ -89,7 +98,12 @@ impl RequestFlow {
         }
     }
 
-    pub fn on_request_body(&mut self, host: &mut dyn HttpHost, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_request_body(
+        &mut self,
+        host: &mut dyn HttpHost,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         if self.state != State::BufferingChat {
             return Action::Continue;
         }
@@ -100,7 +114,10 @@ impl RequestFlow {
             return Action::Pause;
         }
         let Some(body) = host.request_body(body_size) else {
-            return self.error(host, &ApiError::invalid_request("request body is empty", None, "invalid_json"));
+            return self.error(
+                host,
+                &ApiError::invalid_request("request body is empty", None, "invalid_json"),
+            );
         };
         match self.router.route_chat(&body) {
             Err(e) => self.error(host, &e),
@@ -129,7 +146,10 @@ impl RequestFlow {
 
     pub fn on_response_headers(&mut self, host: &mut dyn HttpHost) -> Action {
         if let State::Routed(headers) = &self.state {
-            let status = host.response_header(":status").and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+            let status = host
+                .response_header(":status")
+                .and_then(|s| s.parse::<u32>().ok())
+                .unwrap_or(0);
             if (200..300).contains(&status) {
                 for (name, value) in headers {
                     host.set_response_header(name, value);

@@ -13,7 +13,10 @@ pub enum ReasoningEdit<'a> {
     /// `chat_template_kwargs: {<param>: on}`, merged into what the client sent.
     TemplateKwarg { param: &'a str, on: bool },
     /// `<param>: <effort>`; None removes the field (reasoning off).
-    Effort { param: &'a str, effort: Option<&'a str> },
+    Effort {
+        param: &'a str,
+        effort: Option<&'a str>,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -25,7 +28,13 @@ pub struct Edits<'a> {
 
 /// Writes the request with `edits` applied.
 pub fn rewrite(req: &ChatRequest<'_>, edits: &Edits<'_>) -> Vec<u8> {
-    let mut out = String::with_capacity(req.fields.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>() + 256);
+    let mut out = String::with_capacity(
+        req.fields
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>()
+            + 256,
+    );
     out.push('{');
     let mut first = true;
     let mut push = |out: &mut String, key: &str, value: &str| {
@@ -53,19 +62,27 @@ pub fn rewrite(req: &ChatRequest<'_>, edits: &Edits<'_>) -> Vec<u8> {
             }
             "messages" if edits.system_prompt.is_some() => {
                 if let Some((prompt, mode)) = edits.system_prompt {
-                    push(&mut out, key, &messages_with_system_prompt(req, prompt, mode));
+                    push(
+                        &mut out,
+                        key,
+                        &messages_with_system_prompt(req, prompt, mode),
+                    );
                 }
             }
             _ if Some(key) == kwargs_param => {
                 if let Some(ReasoningEdit::TemplateKwarg { param, on }) = &edits.reasoning {
-                    let mut map = serde_json::from_str::<Map<String, Value>>(raw.get()).unwrap_or_default();
+                    let mut map =
+                        serde_json::from_str::<Map<String, Value>>(raw.get()).unwrap_or_default();
                     map.insert(param.to_string(), Value::Bool(*on));
                     push(&mut out, key, &Value::Object(map).to_string());
                     wrote_reasoning = true;
                 }
             }
             _ if Some(key) == effort_param => {
-                if let Some(ReasoningEdit::Effort { effort: Some(e), .. }) = &edits.reasoning {
+                if let Some(ReasoningEdit::Effort {
+                    effort: Some(e), ..
+                }) = &edits.reasoning
+                {
                     push(&mut out, key, &json_string(e));
                 }
                 wrote_reasoning = true;
@@ -76,9 +93,16 @@ pub fn rewrite(req: &ChatRequest<'_>, edits: &Edits<'_>) -> Vec<u8> {
     if !wrote_reasoning {
         match &edits.reasoning {
             Some(ReasoningEdit::TemplateKwarg { param, on }) => {
-                push(&mut out, "chat_template_kwargs", &format!("{{{}:{on}}}", json_string(param)));
+                push(
+                    &mut out,
+                    "chat_template_kwargs",
+                    &format!("{{{}:{on}}}", json_string(param)),
+                );
             }
-            Some(ReasoningEdit::Effort { param, effort: Some(e) }) => push(&mut out, param, &json_string(e)),
+            Some(ReasoningEdit::Effort {
+                param,
+                effort: Some(e),
+            }) => push(&mut out, param, &json_string(e)),
             _ => {}
         }
     }
@@ -86,10 +110,26 @@ pub fn rewrite(req: &ChatRequest<'_>, edits: &Edits<'_>) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn messages_with_system_prompt(req: &ChatRequest<'_>, prompt: &str, mode: SystemPromptMode) -> String {
+fn messages_with_system_prompt(
+    req: &ChatRequest<'_>,
+    prompt: &str,
+    mode: SystemPromptMode,
+) -> String {
     let system_at = req.messages.iter().position(|m| m.role == Role::System);
-    let new_system = |content: &str| format!("{{\"role\":\"system\",\"content\":{}}}", json_string(content));
-    let mut out = String::with_capacity(req.messages.iter().map(|m| m.raw.get().len() + 1).sum::<usize>() + prompt.len() + 64);
+    let new_system = |content: &str| {
+        format!(
+            "{{\"role\":\"system\",\"content\":{}}}",
+            json_string(content)
+        )
+    };
+    let mut out = String::with_capacity(
+        req.messages
+            .iter()
+            .map(|m| m.raw.get().len() + 1)
+            .sum::<usize>()
+            + prompt.len()
+            + 64,
+    );
     out.push('[');
     if system_at.is_none() {
         out.push_str(&new_system(prompt));
@@ -128,7 +168,13 @@ mod tests {
     fn only_the_model_changes_and_order_is_kept() {
         let body = r#"{"model":"MoM","temperature":0.2,"messages":[{"role":"user","content":"hi"}],"x":{"y":[1,2]}}"#;
         let req = ChatRequest::parse(body.as_bytes()).unwrap();
-        let out = rewrite(&req, &Edits { model: Some("qwen"), ..Default::default() });
+        let out = rewrite(
+            &req,
+            &Edits {
+                model: Some("qwen"),
+                ..Default::default()
+            },
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"model":"qwen","temperature":0.2,"messages":[{"role":"user","content":"hi"}],"x":{"y":[1,2]}}"#
@@ -137,21 +183,51 @@ mod tests {
 
     #[test]
     fn template_kwargs_are_merged_or_added() {
-        let edits = || Edits { reasoning: Some(ReasoningEdit::TemplateKwarg { param: "enable_thinking", on: true }), ..Default::default() };
+        let edits = || Edits {
+            reasoning: Some(ReasoningEdit::TemplateKwarg {
+                param: "enable_thinking",
+                on: true,
+            }),
+            ..Default::default()
+        };
         let msgs = json!([{"role":"user","content":"hi"}]);
         let v = apply(json!({"model":"m","messages":msgs}), edits());
         assert_eq!(v["chat_template_kwargs"], json!({"enable_thinking": true}));
-        let v = apply(json!({"model":"m","messages":msgs,"chat_template_kwargs":{"other":1,"enable_thinking":false}}), edits());
-        assert_eq!(v["chat_template_kwargs"], json!({"other": 1, "enable_thinking": true}));
+        let v = apply(
+            json!({"model":"m","messages":msgs,"chat_template_kwargs":{"other":1,"enable_thinking":false}}),
+            edits(),
+        );
+        assert_eq!(
+            v["chat_template_kwargs"],
+            json!({"other": 1, "enable_thinking": true})
+        );
     }
 
     #[test]
     fn effort_is_set_or_removed() {
         let msgs = json!([{"role":"user","content":"hi"}]);
-        let on = Edits { reasoning: Some(ReasoningEdit::Effort { param: "reasoning_effort", effort: Some("high") }), ..Default::default() };
-        assert_eq!(apply(json!({"model":"m","messages":msgs}), on)["reasoning_effort"], "high");
-        let off = Edits { reasoning: Some(ReasoningEdit::Effort { param: "reasoning_effort", effort: None }), ..Default::default() };
-        let v = apply(json!({"model":"m","messages":msgs,"reasoning_effort":"low"}), off);
+        let on = Edits {
+            reasoning: Some(ReasoningEdit::Effort {
+                param: "reasoning_effort",
+                effort: Some("high"),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            apply(json!({"model":"m","messages":msgs}), on)["reasoning_effort"],
+            "high"
+        );
+        let off = Edits {
+            reasoning: Some(ReasoningEdit::Effort {
+                param: "reasoning_effort",
+                effort: None,
+            }),
+            ..Default::default()
+        };
+        let v = apply(
+            json!({"model":"m","messages":msgs,"reasoning_effort":"low"}),
+            off,
+        );
         assert!(v.get("reasoning_effort").is_none());
     }
 
@@ -159,15 +235,24 @@ mod tests {
     fn system_prompt_replace_and_insert() {
         let with_system = json!({"model":"m","messages":[{"role":"system","content":"old"},{"role":"user","content":"q"}]});
         let without = json!({"model":"m","messages":[{"role":"user","content":"q"}]});
-        let edit = |mode| Edits { system_prompt: Some(("You are a tutor.", mode)), ..Default::default() };
+        let edit = |mode| Edits {
+            system_prompt: Some(("You are a tutor.", mode)),
+            ..Default::default()
+        };
 
         let v = apply(with_system.clone(), edit(SystemPromptMode::Replace));
-        assert_eq!(v["messages"], json!([{"role":"system","content":"You are a tutor."},{"role":"user","content":"q"}]));
+        assert_eq!(
+            v["messages"],
+            json!([{"role":"system","content":"You are a tutor."},{"role":"user","content":"q"}])
+        );
         let v = apply(with_system, edit(SystemPromptMode::Insert));
         assert_eq!(v["messages"][0]["content"], "You are a tutor.\n\nold");
         for mode in [SystemPromptMode::Replace, SystemPromptMode::Insert] {
             let v = apply(without.clone(), edit(mode));
-            assert_eq!(v["messages"], json!([{"role":"system","content":"You are a tutor."},{"role":"user","content":"q"}]));
+            assert_eq!(
+                v["messages"],
+                json!([{"role":"system","content":"You are a tutor."},{"role":"user","content":"q"}])
+            );
         }
     }
 }

@@ -21,7 +21,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn invalid_request(message: impl Into<String>, param: Option<&str>, code: &'static str) -> Self {
+    pub fn invalid_request(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: &'static str,
+    ) -> Self {
         ApiError {
             status: 400,
             message: message.into(),
@@ -119,20 +123,52 @@ impl<'a> ChatRequest<'a> {
     pub fn parse(body: &'a [u8]) -> Result<Self, ApiError> {
         let fields: Fields<'a> = serde_json::from_slice(body).map_err(|e| {
             if e.is_data() {
-                ApiError::invalid_request("request body must be a JSON object", None, "invalid_type")
+                ApiError::invalid_request(
+                    "request body must be a JSON object",
+                    None,
+                    "invalid_type",
+                )
             } else {
-                ApiError::invalid_request(format!("request body is not valid JSON: {e}"), None, "invalid_json")
+                ApiError::invalid_request(
+                    format!("request body is not valid JSON: {e}"),
+                    None,
+                    "invalid_json",
+                )
             }
         })?;
         let fields = fields.0;
-        let get = |name: &str| fields.iter().rev().find(|(k, _)| k == name).map(|(_, v)| *v);
+        let get = |name: &str| {
+            fields
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| *v)
+        };
 
         let model = match get("model") {
-            None => return Err(ApiError::invalid_request("you must provide a model parameter", Some("model"), "missing_required_parameter")),
+            None => {
+                return Err(ApiError::invalid_request(
+                    "you must provide a model parameter",
+                    Some("model"),
+                    "missing_required_parameter",
+                ))
+            }
             Some(raw) => match serde_json::from_str::<Cow<'a, str>>(raw.get()) {
                 Ok(m) if !m.trim().is_empty() => m,
-                Ok(_) => return Err(ApiError::invalid_request("'model' must not be empty", Some("model"), "invalid_value")),
-                Err(_) => return Err(ApiError::invalid_request("'model' must be a string", Some("model"), "invalid_type")),
+                Ok(_) => {
+                    return Err(ApiError::invalid_request(
+                        "'model' must not be empty",
+                        Some("model"),
+                        "invalid_value",
+                    ))
+                }
+                Err(_) => {
+                    return Err(ApiError::invalid_request(
+                        "'model' must be a string",
+                        Some("model"),
+                        "invalid_type",
+                    ))
+                }
             },
         };
 
@@ -140,17 +176,36 @@ impl<'a> ChatRequest<'a> {
             None => false,
             Some(raw) => match serde_json::from_str::<Option<bool>>(raw.get()) {
                 Ok(b) => b.unwrap_or(false),
-                Err(_) => return Err(ApiError::invalid_request("'stream' must be a boolean", Some("stream"), "invalid_type")),
+                Err(_) => {
+                    return Err(ApiError::invalid_request(
+                        "'stream' must be a boolean",
+                        Some("stream"),
+                        "invalid_type",
+                    ))
+                }
             },
         };
 
         let raw_messages = get("messages").ok_or_else(|| {
-            ApiError::invalid_request("you must provide a messages parameter", Some("messages"), "missing_required_parameter")
+            ApiError::invalid_request(
+                "you must provide a messages parameter",
+                Some("messages"),
+                "missing_required_parameter",
+            )
         })?;
-        let list: Vec<&'a RawValue> = serde_json::from_str(raw_messages.get())
-            .map_err(|_| ApiError::invalid_request("'messages' must be an array", Some("messages"), "invalid_type"))?;
+        let list: Vec<&'a RawValue> = serde_json::from_str(raw_messages.get()).map_err(|_| {
+            ApiError::invalid_request(
+                "'messages' must be an array",
+                Some("messages"),
+                "invalid_type",
+            )
+        })?;
         if list.is_empty() {
-            return Err(ApiError::invalid_request("'messages' must contain at least one message", Some("messages"), "empty_array"));
+            return Err(ApiError::invalid_request(
+                "'messages' must contain at least one message",
+                Some("messages"),
+                "empty_array",
+            ));
         }
         let messages = list
             .into_iter()
@@ -158,16 +213,30 @@ impl<'a> ChatRequest<'a> {
             .map(|(i, raw)| parse_message(i, raw))
             .collect::<Result<Vec<_>, _>>()?;
 
-        Ok(ChatRequest { fields, model, stream, messages })
+        Ok(ChatRequest {
+            fields,
+            model,
+            stream,
+            messages,
+        })
     }
 
     /// The text signals are computed on: the last user message.
     pub fn last_user_text(&self) -> &str {
-        self.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.text.as_ref()).unwrap_or("")
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.text.as_ref())
+            .unwrap_or("")
     }
 
     pub fn field(&self, name: &str) -> Option<&'a RawValue> {
-        self.fields.iter().rev().find(|(k, _)| k == name).map(|(_, v)| *v)
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -194,10 +263,19 @@ fn parse_message<'a>(i: usize, raw: &'a RawValue) -> Result<Message<'a>, ApiErro
     }
 
     let param = format!("messages[{i}]");
-    let wire: Wire<'a> = serde_json::from_str(raw.get())
-        .map_err(|_| ApiError::invalid_request(format!("'{param}' must be an object with a 'role'"), Some(&param), "invalid_type"))?;
+    let wire: Wire<'a> = serde_json::from_str(raw.get()).map_err(|_| {
+        ApiError::invalid_request(
+            format!("'{param}' must be an object with a 'role'"),
+            Some(&param),
+            "invalid_type",
+        )
+    })?;
     let role_name = wire.role.ok_or_else(|| {
-        ApiError::invalid_request(format!("'{param}.role' is required"), Some(&format!("{param}.role")), "missing_required_parameter")
+        ApiError::invalid_request(
+            format!("'{param}.role' is required"),
+            Some(&format!("{param}.role")),
+            "missing_required_parameter",
+        )
     })?;
     let role = Role::parse(&role_name).ok_or_else(|| {
         ApiError::invalid_request(
@@ -212,7 +290,10 @@ fn parse_message<'a>(i: usize, raw: &'a RawValue) -> Result<Message<'a>, ApiErro
         Some(c) => match serde_json::from_str::<Content<'a>>(c.get()) {
             Ok(Content::Text(t)) => t,
             Ok(Content::Parts(parts)) => {
-                let mut texts = parts.into_iter().filter(|p| p.kind == "text" || p.kind == "input_text").filter_map(|p| p.text);
+                let mut texts = parts
+                    .into_iter()
+                    .filter(|p| p.kind == "text" || p.kind == "input_text")
+                    .filter_map(|p| p.text);
                 match (texts.next(), texts.next()) {
                     (None, _) => Cow::Borrowed(""),
                     (Some(one), None) => one,
@@ -299,7 +380,9 @@ mod tests {
 
     #[test]
     fn escaped_strings_are_decoded() {
-        let r = parse(r#"{"model":"a\u0041","messages":[{"role":"user","content":"line\n\"q\""}]}"#).unwrap();
+        let r =
+            parse(r#"{"model":"a\u0041","messages":[{"role":"user","content":"line\n\"q\""}]}"#)
+                .unwrap();
         assert_eq!(r.model, "aA");
         assert_eq!(r.last_user_text(), "line\n\"q\"");
     }
@@ -309,16 +392,56 @@ mod tests {
         let cases = [
             ("{not json", None, "invalid_json"),
             ("[1,2]", None, "invalid_type"),
-            (r#"{"messages":[{"role":"user","content":"x"}]}"#, Some("model"), "missing_required_parameter"),
-            (r#"{"model":3,"messages":[]}"#, Some("model"), "invalid_type"),
-            (r#"{"model":"m"}"#, Some("messages"), "missing_required_parameter"),
-            (r#"{"model":"m","messages":{}}"#, Some("messages"), "invalid_type"),
-            (r#"{"model":"m","messages":[]}"#, Some("messages"), "empty_array"),
-            (r#"{"model":"m","messages":["hi"]}"#, Some("messages[0]"), "invalid_type"),
-            (r#"{"model":"m","messages":[{"content":"hi"}]}"#, Some("messages[0].role"), "missing_required_parameter"),
-            (r#"{"model":"m","messages":[{"role":"robot","content":"hi"}]}"#, Some("messages[0].role"), "invalid_value"),
-            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, Some("messages[0].content"), "invalid_type"),
-            (r#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#, Some("stream"), "invalid_type"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}]}"#,
+                Some("model"),
+                "missing_required_parameter",
+            ),
+            (
+                r#"{"model":3,"messages":[]}"#,
+                Some("model"),
+                "invalid_type",
+            ),
+            (
+                r#"{"model":"m"}"#,
+                Some("messages"),
+                "missing_required_parameter",
+            ),
+            (
+                r#"{"model":"m","messages":{}}"#,
+                Some("messages"),
+                "invalid_type",
+            ),
+            (
+                r#"{"model":"m","messages":[]}"#,
+                Some("messages"),
+                "empty_array",
+            ),
+            (
+                r#"{"model":"m","messages":["hi"]}"#,
+                Some("messages[0]"),
+                "invalid_type",
+            ),
+            (
+                r#"{"model":"m","messages":[{"content":"hi"}]}"#,
+                Some("messages[0].role"),
+                "missing_required_parameter",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"robot","content":"hi"}]}"#,
+                Some("messages[0].role"),
+                "invalid_value",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                Some("messages[0].content"),
+                "invalid_type",
+            ),
+            (
+                r#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#,
+                Some("stream"),
+                "invalid_type",
+            ),
         ];
         for (body, param, code) in cases {
             let e = parse(body).expect_err(body);

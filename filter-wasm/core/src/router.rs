@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use crate::config::validate::{parse_access_key, AccessKey, Capabilities};
 use crate::config::{
-    ConfigError, HeaderMutationPlugin, ModelRef, Plugin, ReasoningKind, SignalKind, Strategy, SystemPromptPlugin,
-    UserConfig,
+    ConfigError, HeaderMutationPlugin, ModelRef, Plugin, ReasoningKind, SignalKind, Strategy,
+    SystemPromptPlugin, UserConfig,
 };
 use crate::decision::{self, DecisionRule, Rule};
 use crate::mutate::{self, Edits, ReasoningEdit};
@@ -15,7 +15,11 @@ use crate::signals::keyword::KeywordMatcher;
 use crate::signals::SignalSet;
 
 /// Request headers the router owns: a client must not be able to pick a route by sending them.
-pub const ROUTING_HEADERS: [&str; 3] = ["x-selected-model", "x-vsr-selected-decision", "x-gateway-model-name"];
+pub const ROUTING_HEADERS: [&str; 3] = [
+    "x-selected-model",
+    "x-vsr-selected-decision",
+    "x-gateway-model-name",
+];
 
 pub mod headers {
     pub const SELECTED_MODEL: &str = "x-selected-model";
@@ -83,7 +87,11 @@ pub struct Router {
 
 impl Router {
     /// Validates and compiles `cfg`. `env` resolves `${VAR}` access keys.
-    pub fn new(cfg: &UserConfig, env: &dyn Fn(&str) -> Option<String>, caps: Capabilities) -> Result<Router, Vec<ConfigError>> {
+    pub fn new(
+        cfg: &UserConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        caps: Capabilities,
+    ) -> Result<Router, Vec<ConfigError>> {
         let errors = crate::config::validate(cfg, caps);
         if !errors.is_empty() {
             return Err(errors);
@@ -106,11 +114,19 @@ impl Router {
         let mut rules = Vec::with_capacity(cfg.decisions.len());
         let mut decisions = Vec::with_capacity(cfg.decisions.len());
         for (i, d) in cfg.decisions.iter().enumerate() {
-            let (Some(rule), Some(model_ref)) = (Rule::compile(&d.rules, &index_of), d.model_refs.first()) else {
-                errors.push(ConfigError::new(format!("decisions[{i}]"), "cannot compile rules"));
+            let (Some(rule), Some(model_ref)) =
+                (Rule::compile(&d.rules, &index_of), d.model_refs.first())
+            else {
+                errors.push(ConfigError::new(
+                    format!("decisions[{i}]"),
+                    "cannot compile rules",
+                ));
                 continue;
             };
-            rules.push(DecisionRule { priority: d.priority, rule });
+            rules.push(DecisionRule {
+                priority: d.priority,
+                rule,
+            });
             let mut system_prompt = None;
             let mut header_mutation = None;
             for p in &d.plugins {
@@ -120,7 +136,12 @@ impl Router {
                     _ => {}
                 }
             }
-            decisions.push(CompiledDecision { name: d.name.clone(), model_ref: model_ref.clone(), system_prompt, header_mutation });
+            decisions.push(CompiledDecision {
+                name: d.name.clone(),
+                model_ref: model_ref.clone(),
+                system_prompt,
+                header_mutation,
+            });
         }
 
         let mut models = HashMap::new();
@@ -139,7 +160,10 @@ impl Router {
                     }
                 },
                 Some(Err(e)) => {
-                    errors.push(ConfigError::new(format!("providers.models[{i}].access_key"), e));
+                    errors.push(ConfigError::new(
+                        format!("providers.models[{i}].access_key"),
+                        e,
+                    ));
                     None
                 }
             };
@@ -148,14 +172,23 @@ impl Router {
                 .as_ref()
                 .and_then(|f| cfg.providers.reasoning_families.get(f))
                 .map(|f| (f.kind, f.parameter.clone()));
-            models.insert(m.name.clone(), Model { reasoning, authorization });
+            models.insert(
+                m.name.clone(),
+                Model {
+                    reasoning,
+                    authorization,
+                },
+            );
         }
         if !errors.is_empty() {
             return Err(errors);
         }
 
         let default_model = cfg.default_model().unwrap_or_default().to_string();
-        let ids = cfg.auto_model_names.iter().chain(cfg.providers.models.iter().map(|m| &m.name));
+        let ids = cfg
+            .auto_model_names
+            .iter()
+            .chain(cfg.providers.models.iter().map(|m| &m.name));
         let models_json = serde_json::json!({
             "object": "list",
             "data": ids.map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "vllm-semantic-router"})).collect::<Vec<_>>(),
@@ -164,7 +197,12 @@ impl Router {
 
         Ok(Router {
             keywords,
-            keyword_names: cfg.signals.keywords.iter().map(|k| k.name.clone()).collect(),
+            keyword_names: cfg
+                .signals
+                .keywords
+                .iter()
+                .map(|k| k.name.clone())
+                .collect(),
             rules,
             decisions,
             models,
@@ -191,17 +229,24 @@ impl Router {
         use headers::*;
 
         let req = ChatRequest::parse(body)?;
-        let signals = SignalSet { keywords: self.keywords.evaluate(req.last_user_text()) };
+        let signals = SignalSet {
+            keywords: self.keywords.evaluate(req.last_user_text()),
+        };
         let selected = decision::select(&self.rules, self.strategy, &signals);
         let decision = selected.and_then(|s| self.decisions.get(s.index));
 
         let auto = self.auto_names.iter().any(|n| *n == req.model);
         let model_name = if auto {
-            decision.map(|d| d.model_ref.model.as_str()).unwrap_or(&self.default_model)
+            decision
+                .map(|d| d.model_ref.model.as_str())
+                .unwrap_or(&self.default_model)
         } else {
             req.model.as_ref()
         };
-        let model = self.models.get(model_name).ok_or_else(|| ApiError::model_not_found(model_name))?;
+        let model = self
+            .models
+            .get(model_name)
+            .ok_or_else(|| ApiError::model_not_found(model_name))?;
 
         let mut request_headers = vec![
             HeaderOp::Set(SELECTED_MODEL.into(), model_name.into()),
@@ -234,20 +279,31 @@ impl Router {
             });
         }
 
-        let mut edits = Edits { model: Some(model_name), ..Default::default() };
+        let mut edits = Edits {
+            model: Some(model_name),
+            ..Default::default()
+        };
         let use_reasoning = decision.is_some_and(|d| d.model_ref.use_reasoning);
         if let Some((kind, param)) = &model.reasoning {
             edits.reasoning = Some(match kind {
-                ReasoningKind::ChatTemplateKwargs => ReasoningEdit::TemplateKwarg { param, on: use_reasoning },
+                ReasoningKind::ChatTemplateKwargs => ReasoningEdit::TemplateKwarg {
+                    param,
+                    on: use_reasoning,
+                },
                 ReasoningKind::ReasoningEffort => ReasoningEdit::Effort {
                     param,
                     effort: use_reasoning.then(|| {
-                        decision.and_then(|d| d.model_ref.reasoning_effort.as_deref()).unwrap_or(&self.default_effort)
+                        decision
+                            .and_then(|d| d.model_ref.reasoning_effort.as_deref())
+                            .unwrap_or(&self.default_effort)
                     }),
                 },
             });
         }
-        response_headers.push((RESP_SELECTED_REASONING, if use_reasoning { "on" } else { "off" }.into()));
+        response_headers.push((
+            RESP_SELECTED_REASONING,
+            if use_reasoning { "on" } else { "off" }.into(),
+        ));
 
         if let Some(d) = decision {
             request_headers.push(HeaderOp::Set(SELECTED_DECISION.into(), d.name.clone()));
@@ -257,11 +313,22 @@ impl Router {
             }
             if let Some(h) = &d.header_mutation {
                 request_headers.extend(h.delete.iter().map(|n| HeaderOp::Remove(n.clone())));
-                request_headers.extend(h.update.iter().map(|v| HeaderOp::Set(v.name.clone(), v.value.clone())));
-                request_headers.extend(h.add.iter().map(|v| HeaderOp::Add(v.name.clone(), v.value.clone())));
+                request_headers.extend(
+                    h.update
+                        .iter()
+                        .map(|v| HeaderOp::Set(v.name.clone(), v.value.clone())),
+                );
+                request_headers.extend(
+                    h.add
+                        .iter()
+                        .map(|v| HeaderOp::Add(v.name.clone(), v.value.clone())),
+                );
             }
         }
-        response_headers.push((RESP_INJECTED_SYSTEM_PROMPT, edits.system_prompt.is_some().to_string()));
+        response_headers.push((
+            RESP_INJECTED_SYSTEM_PROMPT,
+            edits.system_prompt.is_some().to_string(),
+        ));
 
         Ok(RoutePlan {
             model: model_name.to_string(),

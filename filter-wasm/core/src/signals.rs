@@ -16,13 +16,7 @@ impl SignalSet {
     /// Confidence that signal `index` of `kind` holds: 1 or 0 for keyword rules.
     pub fn score(&self, kind: SignalKind, index: usize) -> f32 {
         match kind {
-            SignalKind::Keyword => {
-                if self.keywords.get(index).copied().unwrap_or(false) {
-                    1.0
-                } else {
-                    0.0
-                }
-            }
+            SignalKind::Keyword if self.keywords.get(index).copied().unwrap_or(false) => 1.0,
             // Model-backed signals are refused by validation until the sidecar is wired in.
             _ => 0.0,
         }

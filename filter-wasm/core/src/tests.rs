@@ -1,0 +1,373 @@
+//! The request flow driven through a fake host, as the proxy-wasm shim drives it in Envoy.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use crate::config::UserConfig;
+use crate::flow::{Action, HttpHost, RequestFlow};
+use crate::{Capabilities, Router};
+
+/// A local reply: status, headers, body.
+type Reply = (u32, Vec<(String, String)>, Vec<u8>);
+
+/// Records what the flow did to the request and response.
+#[derive(Default)]
+struct FakeHost {
+    request: Vec<(String, String)>,
+    body: Vec<u8>,
+    response: Vec<(String, String)>,
+    reply: Option<Reply>,
+}
+
+impl FakeHost {
+    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Self {
+        let mut h = FakeHost {
+            body: body.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        h.request.push((":method".into(), method.into()));
+        h.request.push((":path".into(), path.into()));
+        h.request
+            .extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        h
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.request
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn reply_json(&self) -> (u32, Value) {
+        let (status, _, body) = self.reply.as_ref().expect("no local reply");
+        (*status, serde_json::from_slice(body).unwrap())
+    }
+}
+
+impl HttpHost for FakeHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.header(name).map(str::to_string)
+    }
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        self.request.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if let Some(v) = value {
+            self.request
+                .push((name.to_ascii_lowercase(), v.to_string()));
+        }
+    }
+    fn add_request_header(&mut self, name: &str, value: &str) {
+        self.request
+            .push((name.to_ascii_lowercase(), value.to_string()));
+    }
+    fn request_body(&self, len: usize) -> Option<Vec<u8>> {
+        (!self.body.is_empty()).then(|| self.body[..len.min(self.body.len())].to_vec())
+    }
+    fn replace_request_body(&mut self, body: &[u8]) {
+        self.body = body.to_vec();
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.response
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.response.retain(|(k, _)| k != name);
+        self.response.push((name.to_string(), value.to_string()));
+    }
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.reply = Some((status, headers, body.to_vec()));
+    }
+    fn log_debug(&self, _: &str) {}
+}
+
+const CONFIG: &str = r#"
+signals:
+  keywords:
+    - {name: math, operator: OR, keywords: [integral, derivative]}
+    - {name: urgent, operator: OR, keywords: [URGENT], case_sensitive: true}
+decisions:
+  - name: math_route
+    priority: 10
+    rules: {operator: OR, conditions: [{type: keyword, name: math}]}
+    modelRefs: [{model: qwen, use_reasoning: true}]
+    plugins:
+      - type: system_prompt
+        configuration: {system_prompt: "You are a math tutor."}
+      - type: header_mutation
+        configuration:
+          add: [{name: x-team, value: math}]
+          update: [{name: x-tier, value: gold}]
+          delete: [x-debug]
+  - name: urgent_route
+    priority: 20
+    rules: {operator: AND, conditions: [{type: keyword, name: urgent}]}
+    modelRefs: [{model: gpt, use_reasoning: true, reasoning_effort: low}]
+providers:
+  models:
+    - name: qwen
+      reasoning_family: qwen3
+      endpoints: [{endpoint: "127.0.0.1:8101"}]
+      access_key: "${FAKE_QWEN_KEY}"
+    - name: gpt
+      reasoning_family: gpt-oss
+      endpoints: [{endpoint: "127.0.0.1:8102"}]
+    - name: plain
+      endpoints: [{endpoint: "127.0.0.1:8103"}]
+  default_model: plain
+  reasoning_families:
+    qwen3: {type: chat_template_kwargs, parameter: enable_thinking}
+    gpt-oss: {type: reasoning_effort, parameter: reasoning_effort}
+limits: {max_request_body_bytes: 4096}
+"#;
+
+fn router() -> Rc<Router> {
+    let cfg = UserConfig::from_yaml("test", CONFIG).unwrap();
+    let env = |v: &str| (v == "FAKE_QWEN_KEY").then(|| "sk-qwen-secret".to_string());
+    Rc::new(Router::new(&cfg, &env, Capabilities::default()).unwrap())
+}
+
+fn chat(model: &str, user: &str) -> String {
+    json!({"model": model, "temperature": 0.1, "messages": [{"role": "user", "content": user}]})
+        .to_string()
+}
+
+/// Runs a POST /v1/chat/completions through the flow; returns the host and the body action.
+fn post(body: &str, extra_headers: &[(&str, &str)]) -> (FakeHost, Action) {
+    let mut host = FakeHost::request("POST", "/v1/chat/completions", extra_headers, body);
+    let mut flow = RequestFlow::new(router());
+    assert_eq!(flow.on_request_headers(&mut host, false), Action::Pause);
+    let half = body.len() / 2;
+    assert_eq!(
+        flow.on_request_body(&mut host, half, false),
+        Action::Pause,
+        "buffers until end of stream"
+    );
+    let action = flow.on_request_body(&mut host, body.len(), true);
+    host.response.push((":status".into(), "200".into()));
+    flow.on_response_headers(&mut host);
+    (host, action)
+}
+
+fn response_headers(host: &FakeHost) -> BTreeMap<String, String> {
+    host.response
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-vsr"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn auto_request_is_routed_and_rewritten() {
+    let (host, action) = post(
+        &chat("MoM", "what is the integral of x?"),
+        &[
+            ("content-length", "10"),
+            ("x-debug", "1"),
+            ("x-tier", "bronze"),
+        ],
+    );
+    assert_eq!(action, Action::Continue);
+    assert!(host.reply.is_none());
+    assert_eq!(host.header("x-selected-model"), Some("qwen"));
+    assert_eq!(host.header("x-gateway-model-name"), Some("qwen"));
+    assert_eq!(host.header("x-vsr-selected-decision"), Some("math_route"));
+    assert_eq!(host.header("authorization"), Some("Bearer sk-qwen-secret"));
+    assert_eq!(
+        host.header("content-length"),
+        None,
+        "a rewritten body drops content-length"
+    );
+    assert_eq!(host.header("x-debug"), None);
+    assert_eq!(host.header("x-tier"), Some("gold"));
+    assert_eq!(host.header("x-team"), Some("math"));
+
+    let body: Value = serde_json::from_slice(&host.body).unwrap();
+    assert_eq!(body["model"], "qwen");
+    assert_eq!(body["temperature"], 0.1);
+    assert_eq!(
+        body["chat_template_kwargs"],
+        json!({"enable_thinking": true})
+    );
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "You are a math tutor."})
+    );
+
+    let expected: BTreeMap<String, String> = [
+        ("x-vsr-selected-model", "qwen"),
+        ("x-vsr-selected-decision", "math_route"),
+        ("x-vsr-selected-reasoning", "on"),
+        ("x-vsr-matched-keywords", "math"),
+        ("x-vsr-injected-system-prompt", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(response_headers(&host), expected);
+    assert!(!host
+        .response
+        .iter()
+        .any(|(_, v)| v.contains("sk-qwen-secret")));
+}
+
+#[test]
+fn priority_wins_and_effort_comes_from_the_model_ref() {
+    let (host, _) = post(&chat("auto", "URGENT: integral please"), &[]);
+    assert_eq!(host.header("x-selected-model"), Some("gpt"));
+    let body: Value = serde_json::from_slice(&host.body).unwrap();
+    assert_eq!(body["reasoning_effort"], "low");
+    assert_eq!(
+        response_headers(&host)["x-vsr-matched-keywords"],
+        "math,urgent"
+    );
+    assert_eq!(host.header("authorization"), None, "gpt has no access key");
+}
+
+#[test]
+fn no_decision_falls_back_to_the_default_model() {
+    let (host, _) = post(&chat("MoM", "tell me a joke (urgent)"), &[]);
+    assert_eq!(host.header("x-selected-model"), Some("plain"));
+    assert_eq!(host.header("x-vsr-selected-decision"), None);
+    let h = response_headers(&host);
+    assert_eq!(h["x-vsr-selected-reasoning"], "off");
+    assert_eq!(h["x-vsr-injected-system-prompt"], "false");
+    assert!(!h.contains_key("x-vsr-selected-decision"));
+}
+
+#[test]
+fn explicit_model_keeps_the_body_and_ignores_client_routing_headers() {
+    let body = chat("gpt", "integral of x");
+    let (host, action) = post(
+        &body,
+        &[("x-selected-model", "qwen"), ("content-length", "99")],
+    );
+    assert_eq!(action, Action::Continue);
+    assert_eq!(host.body, body.as_bytes(), "body untouched");
+    assert_eq!(host.header("content-length"), Some("99"));
+    assert_eq!(host.header("x-selected-model"), Some("gpt"));
+    assert_eq!(
+        response_headers(&host)["x-vsr-matched-keywords"],
+        "math",
+        "signals still computed"
+    );
+}
+
+#[test]
+fn response_headers_only_on_2xx() {
+    let mut host = FakeHost::request(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &chat("MoM", "integral"),
+    );
+    let mut flow = RequestFlow::new(router());
+    flow.on_request_headers(&mut host, false);
+    let n = host.body.len();
+    flow.on_request_body(&mut host, n, true);
+    host.response.push((":status".into(), "503".into()));
+    flow.on_response_headers(&mut host);
+    assert!(response_headers(&host).is_empty());
+}
+
+#[test]
+fn models_are_listed() {
+    let mut host = FakeHost::request("GET", "/v1/models?x=1", &[], "");
+    assert_eq!(
+        RequestFlow::new(router()).on_request_headers(&mut host, true),
+        Action::Pause
+    );
+    let (status, v) = host.reply_json();
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["MoM", "auto", "qwen", "gpt", "plain"]);
+}
+
+#[test]
+fn other_paths_pass_through() {
+    let mut host = FakeHost::request("POST", "/v1/embeddings", &[], "{}");
+    let mut flow = RequestFlow::new(router());
+    assert_eq!(flow.on_request_headers(&mut host, false), Action::Continue);
+    assert_eq!(flow.on_request_body(&mut host, 2, true), Action::Continue);
+    assert!(host.reply.is_none());
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let cases = [
+        ("{oops", 400, "invalid_json"),
+        (r#"{"model":"MoM","messages":[]}"#, 400, "empty_array"),
+        (r#"{"model":"MoM"}"#, 400, "missing_required_parameter"),
+        (
+            r#"{"model":"llama-9","messages":[{"role":"user","content":"x"}]}"#,
+            404,
+            "model_not_found",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (host, action) = post(body, &[]);
+        assert_eq!(action, Action::Pause, "{body}");
+        let (got, v) = host.reply_json();
+        assert_eq!(
+            (got, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+        assert!(response_headers(&host).is_empty());
+    }
+}
+
+#[test]
+fn oversized_bodies_get_413_by_header_or_while_buffering() {
+    let mut host = FakeHost::request(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-length", "5000")],
+        "",
+    );
+    assert_eq!(
+        RequestFlow::new(router()).on_request_headers(&mut host, false),
+        Action::Pause
+    );
+    assert_eq!(host.reply_json().0, 413);
+
+    let mut host = FakeHost::request("POST", "/v1/chat/completions", &[], "");
+    let mut flow = RequestFlow::new(router());
+    flow.on_request_headers(&mut host, false);
+    assert_eq!(flow.on_request_body(&mut host, 4097, false), Action::Pause);
+    let (status, v) = host.reply_json();
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (413, Some("request_too_large"))
+    );
+}
+
+#[test]
+fn empty_body_is_rejected() {
+    let mut host = FakeHost::request("POST", "/v1/chat/completions", &[], "");
+    assert_eq!(
+        RequestFlow::new(router()).on_request_headers(&mut host, true),
+        Action::Pause
+    );
+    assert_eq!(host.reply_json().0, 400);
+}
+
+#[test]
+fn missing_env_key_is_a_config_error() {
+    let cfg = UserConfig::from_yaml("test", CONFIG).unwrap();
+    let errs = Router::new(&cfg, &|_| None, Capabilities::default()).unwrap_err();
+    assert_eq!(errs[0].path, "providers.models[0].access_key");
+    assert!(errs[0].message.contains("FAKE_QWEN_KEY is not set"));
+}

@@ -15,7 +15,10 @@ pub struct Capabilities {
 
 /// Checks a parsed config; an empty list means it is valid.
 pub fn validate(cfg: &UserConfig, caps: Capabilities) -> Vec<ConfigError> {
-    let mut v = Validator { errors: Vec::new(), caps };
+    let mut v = Validator {
+        errors: Vec::new(),
+        caps,
+    };
     v.listeners(cfg);
     let names = v.signals(&cfg.signals);
     let models = v.providers(&cfg.providers);
@@ -48,8 +51,14 @@ fn is_header_token(name: &str) -> bool {
 }
 
 /// Headers a plugin must not touch: the proxy and the router own them.
-const RESERVED_HEADERS: [&str; 6] =
-    ["content-length", "host", "transfer-encoding", "x-selected-model", "x-gateway-model-name", "connection"];
+const RESERVED_HEADERS: [&str; 6] = [
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "x-selected-model",
+    "x-gateway-model-name",
+    "connection",
+];
 
 /// A parsed `host[:port][/path]` endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +72,9 @@ pub struct Endpoint {
 pub fn parse_endpoint(s: &str, protocol: Protocol) -> Result<Endpoint, String> {
     let s = s.trim();
     if s.contains("://") {
-        return Err("write host[:port][/path] without a scheme; use `protocol` for http/https".into());
+        return Err(
+            "write host[:port][/path] without a scheme; use `protocol` for http/https".into(),
+        );
     }
     let (authority, path) = match s.find('/') {
         Some(i) => (&s[..i], s[i..].trim_end_matches('/').to_string()),
@@ -78,13 +89,19 @@ pub fn parse_endpoint(s: &str, protocol: Protocol) -> Result<Endpoint, String> {
         let end = rest.find(']').ok_or("unclosed '[' in IPv6 address")?;
         let host = &rest[..end];
         let port = match rest[end + 1..].strip_prefix(':') {
-            Some(p) => p.parse::<u16>().map_err(|_| format!("invalid port '{p}'"))?,
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("invalid port '{p}'"))?,
             None => default_port,
         };
         (host.to_string(), port)
     } else {
         match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| format!("invalid port '{p}'"))?),
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| format!("invalid port '{p}'"))?,
+            ),
             None => (authority.to_string(), default_port),
         }
     };
@@ -94,7 +111,10 @@ pub fn parse_endpoint(s: &str, protocol: Protocol) -> Result<Endpoint, String> {
     if port == 0 {
         return Err("port must be 1-65535".into());
     }
-    if !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c)) {
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+    {
         return Err(format!("invalid host '{host}'"));
     }
     Ok(Endpoint { host, port, path })
@@ -105,13 +125,19 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration '{s}' (e.g. 300s, 5m, 250ms)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}' (e.g. 300s, 5m, 250ms)"))?;
     let factor = match unit {
         "ms" => 1,
         "s" | "" => 1000,
         "m" => 60_000,
         "h" => 3_600_000,
-        _ => return Err(format!("invalid duration unit in '{s}' (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in '{s}' (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(n * factor)
 }
@@ -136,12 +162,21 @@ impl Validator {
             let p = format!("listeners[{i}]");
             self.name(format!("{p}.name"), &l.name, &mut seen);
             if l.port == 0 || l.port > 65535 {
-                self.err(format!("{p}.port"), format!("port {} is not in 1-65535", l.port));
+                self.err(
+                    format!("{p}.port"),
+                    format!("port {} is not in 1-65535", l.port),
+                );
             } else if !ports.insert((l.address.clone(), l.port)) {
-                self.err(format!("{p}.port"), format!("{}:{} is used by another listener", l.address, l.port));
+                self.err(
+                    format!("{p}.port"),
+                    format!("{}:{} is used by another listener", l.address, l.port),
+                );
             }
             if l.address.parse::<std::net::IpAddr>().is_err() {
-                self.err(format!("{p}.address"), format!("'{}' is not an IP address", l.address));
+                self.err(
+                    format!("{p}.address"),
+                    format!("'{}' is not an IP address", l.address),
+                );
             }
             if let Some(t) = &l.timeout {
                 if let Err(e) = parse_duration_ms(t) {
@@ -162,18 +197,30 @@ impl Validator {
             if let Some(problem) = check_name(&k.name) {
                 errs.push(ConfigError::new(format!("{p}.name"), problem));
             } else if !seen.insert(k.name.clone()) {
-                errs.push(ConfigError::new(format!("{p}.name"), format!("duplicate name '{}'", k.name)));
+                errs.push(ConfigError::new(
+                    format!("{p}.name"),
+                    format!("duplicate name '{}'", k.name),
+                ));
             }
             if k.keywords.is_empty() {
-                errs.push(ConfigError::new(format!("{p}.keywords"), "must list at least one keyword"));
+                errs.push(ConfigError::new(
+                    format!("{p}.keywords"),
+                    "must list at least one keyword",
+                ));
             }
             for (j, kw) in k.keywords.iter().enumerate() {
                 if kw.trim().is_empty() {
-                    errs.push(ConfigError::new(format!("{p}.keywords[{j}]"), "keyword must not be empty"));
+                    errs.push(ConfigError::new(
+                        format!("{p}.keywords[{j}]"),
+                        "keyword must not be empty",
+                    ));
                     continue;
                 }
                 if let Err(e) = regex::Regex::new(&keyword_pattern(kw, k.case_sensitive, k.regex)) {
-                    errs.push(ConfigError::new(format!("{p}.keywords[{j}]"), format!("invalid regex: {e}")));
+                    errs.push(ConfigError::new(
+                        format!("{p}.keywords[{j}]"),
+                        format!("invalid regex: {e}"),
+                    ));
                 }
             }
         }
@@ -184,14 +231,23 @@ impl Validator {
             let p = format!("signals.embeddings[{i}]");
             self.name(format!("{p}.name"), &e.name, &mut seen);
             if !(0.0..=1.0).contains(&e.threshold) {
-                self.err(format!("{p}.threshold"), format!("{} is not in [0, 1]", e.threshold));
+                self.err(
+                    format!("{p}.threshold"),
+                    format!("{} is not in [0, 1]", e.threshold),
+                );
             }
             if e.candidates.is_empty() {
-                self.err(format!("{p}.candidates"), "must list at least one candidate text");
+                self.err(
+                    format!("{p}.candidates"),
+                    "must list at least one candidate text",
+                );
             }
             for (j, c) in e.candidates.iter().enumerate() {
                 if c.trim().is_empty() {
-                    self.err(format!("{p}.candidates[{j}]"), "candidate text must not be empty");
+                    self.err(
+                        format!("{p}.candidates[{j}]"),
+                        "candidate text must not be empty",
+                    );
                 }
             }
         }
@@ -206,7 +262,10 @@ impl Validator {
                 None => vec![d.name.clone()],
             };
             if d.mmlu_categories.as_ref().is_some_and(|c| c.is_empty()) {
-                self.err(format!("{p}.mmlu_categories"), "must list at least one category");
+                self.err(
+                    format!("{p}.mmlu_categories"),
+                    "must list at least one category",
+                );
             }
             for (j, c) in cats.iter().enumerate() {
                 if !MMLU_PRO_CATEGORIES.contains(&normalize_category(c).as_str()) {
@@ -217,7 +276,10 @@ impl Validator {
                     };
                     self.err(
                         path,
-                        format!("'{c}' is not an MMLU-Pro category (one of: {})", MMLU_PRO_CATEGORIES.join(", ")),
+                        format!(
+                            "'{c}' is not an MMLU-Pro category (one of: {})",
+                            MMLU_PRO_CATEGORIES.join(", ")
+                        ),
                     );
                 }
             }
@@ -248,21 +310,32 @@ impl Validator {
             let path = format!("providers.models[{i}]");
             self.name(format!("{path}.name"), &m.name, &mut seen);
             if m.endpoints.is_empty() {
-                self.err(format!("{path}.endpoints"), "must list at least one endpoint");
+                self.err(
+                    format!("{path}.endpoints"),
+                    "must list at least one endpoint",
+                );
             }
             for (j, e) in m.endpoints.iter().enumerate() {
                 if let Err(msg) = parse_endpoint(&e.endpoint, e.protocol) {
-                    self.err(format!("{path}.endpoints[{j}].endpoint"), format!("'{}': {msg}", e.endpoint));
+                    self.err(
+                        format!("{path}.endpoints[{j}].endpoint"),
+                        format!("'{}': {msg}", e.endpoint),
+                    );
                 }
                 if e.weight == Some(0) {
-                    self.err(format!("{path}.endpoints[{j}].weight"), "weight must be at least 1");
+                    self.err(
+                        format!("{path}.endpoints[{j}].weight"),
+                        "weight must be at least 1",
+                    );
                 }
             }
             if let Some(f) = &m.reasoning_family {
                 if !p.reasoning_families.contains_key(f) {
                     self.err(
                         format!("{path}.reasoning_family"),
-                        format!("unknown reasoning family '{f}' (not in providers.reasoning_families)"),
+                        format!(
+                            "unknown reasoning family '{f}' (not in providers.reasoning_families)"
+                        ),
                     );
                 }
             }
@@ -274,27 +347,44 @@ impl Validator {
         }
         if let Some(d) = &p.default_model {
             if !seen.contains(d) {
-                self.err("providers.default_model", format!("unknown model '{d}' (not in providers.models)"));
+                self.err(
+                    "providers.default_model",
+                    format!("unknown model '{d}' (not in providers.models)"),
+                );
             }
         }
         for (name, fam) in &p.reasoning_families {
             if fam.parameter.trim().is_empty() {
-                self.err(format!("providers.reasoning_families.{name}.parameter"), "must not be empty");
+                self.err(
+                    format!("providers.reasoning_families.{name}.parameter"),
+                    "must not be empty",
+                );
             }
         }
         if !is_effort(&p.default_reasoning_effort) {
             self.err(
                 "providers.default_reasoning_effort",
-                format!("'{}' is not one of minimal, low, medium, high", p.default_reasoning_effort),
+                format!(
+                    "'{}' is not one of minimal, low, medium, high",
+                    p.default_reasoning_effort
+                ),
             );
         }
         if !p.external_models.is_empty() {
-            self.err("providers.external_models", "external models are not supported by this router yet");
+            self.err(
+                "providers.external_models",
+                "external models are not supported by this router yet",
+            );
         }
         seen
     }
 
-    fn decisions(&mut self, cfg: &UserConfig, signals: &HashMap<SignalKind, HashSet<String>>, models: &HashSet<String>) {
+    fn decisions(
+        &mut self,
+        cfg: &UserConfig,
+        signals: &HashMap<SignalKind, HashSet<String>>,
+        models: &HashSet<String>,
+    ) {
         let mut seen = HashSet::new();
         for (i, d) in cfg.decisions.iter().enumerate() {
             let p = format!("decisions[{i}]");
@@ -323,16 +413,27 @@ impl Validator {
             for (j, plugin) in d.plugins.iter().enumerate() {
                 let pp = format!("{p}.plugins[{j}]");
                 if !types.insert(plugin.type_name()) {
-                    self.err(format!("{pp}.type"), format!("plugin '{}' is configured twice", plugin.type_name()));
+                    self.err(
+                        format!("{pp}.type"),
+                        format!("plugin '{}' is configured twice", plugin.type_name()),
+                    );
                 }
                 self.plugin(&pp, plugin);
             }
         }
     }
 
-    fn rule_group(&mut self, path: &str, g: &RuleGroup, signals: &HashMap<SignalKind, HashSet<String>>) {
+    fn rule_group(
+        &mut self,
+        path: &str,
+        g: &RuleGroup,
+        signals: &HashMap<SignalKind, HashSet<String>>,
+    ) {
         if g.conditions.is_empty() {
-            self.err(format!("{path}.conditions"), "must list at least one condition");
+            self.err(
+                format!("{path}.conditions"),
+                "must list at least one condition",
+            );
         }
         for (i, c) in g.conditions.iter().enumerate() {
             let p = format!("{path}.conditions[{i}]");
@@ -341,7 +442,10 @@ impl Validator {
                 Condition::Signal { kind, name } => {
                     let declared = signals.get(kind).is_some_and(|s| s.contains(name));
                     if !declared {
-                        self.err(format!("{p}.name"), format!("unknown {kind} signal '{name}' (not in {})", kind.section()));
+                        self.err(
+                            format!("{p}.name"),
+                            format!("unknown {kind} signal '{name}' (not in {})", kind.section()),
+                        );
                     } else if *kind != SignalKind::Keyword && !self.caps.inference_sidecar {
                         self.err(
                             format!("{p}.type"),
@@ -361,7 +465,10 @@ impl Validator {
         match plugin {
             Plugin::SystemPrompt(s) => {
                 if s.enabled && s.system_prompt.trim().is_empty() {
-                    self.err(format!("{cp}.system_prompt"), "must not be empty when the plugin is enabled");
+                    self.err(
+                        format!("{cp}.system_prompt"),
+                        "must not be empty when the plugin is enabled",
+                    );
                 }
             }
             Plugin::HeaderMutation(h) => {
@@ -369,23 +476,50 @@ impl Validator {
                     .add
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| (format!("{cp}.add[{i}].name"), v.name.as_str(), Some(v.value.as_str())))
+                    .map(|(i, v)| {
+                        (
+                            format!("{cp}.add[{i}].name"),
+                            v.name.as_str(),
+                            Some(v.value.as_str()),
+                        )
+                    })
+                    .chain(h.update.iter().enumerate().map(|(i, v)| {
+                        (
+                            format!("{cp}.update[{i}].name"),
+                            v.name.as_str(),
+                            Some(v.value.as_str()),
+                        )
+                    }))
                     .chain(
-                        h.update
+                        h.delete
                             .iter()
                             .enumerate()
-                            .map(|(i, v)| (format!("{cp}.update[{i}].name"), v.name.as_str(), Some(v.value.as_str()))),
-                    )
-                    .chain(h.delete.iter().enumerate().map(|(i, n)| (format!("{cp}.delete[{i}]"), n.as_str(), None)));
+                            .map(|(i, n)| (format!("{cp}.delete[{i}]"), n.as_str(), None)),
+                    );
                 let mut errs = Vec::new();
                 for (path, name, value) in named {
                     let lower = name.to_ascii_lowercase();
                     if !is_header_token(name) {
-                        errs.push(ConfigError::new(path, format!("'{name}' is not a valid HTTP header name")));
-                    } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("x-vsr-") {
-                        errs.push(ConfigError::new(path, format!("header '{name}' is managed by the router and cannot be mutated")));
-                    } else if value.is_some_and(|v| v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)) {
-                        errs.push(ConfigError::new(path, "header value must not contain CR, LF or NUL"));
+                        errs.push(ConfigError::new(
+                            path,
+                            format!("'{name}' is not a valid HTTP header name"),
+                        ));
+                    } else if RESERVED_HEADERS.contains(&lower.as_str())
+                        || lower.starts_with("x-vsr-")
+                    {
+                        errs.push(ConfigError::new(
+                            path,
+                            format!(
+                                "header '{name}' is managed by the router and cannot be mutated"
+                            ),
+                        ));
+                    } else if value
+                        .is_some_and(|v| v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0))
+                    {
+                        errs.push(ConfigError::new(
+                            path,
+                            "header value must not contain CR, LF or NUL",
+                        ));
                     }
                 }
                 self.errors.extend(errs);
@@ -434,7 +568,10 @@ impl Validator {
             if n.trim().is_empty() {
                 self.err(format!("auto_model_names[{i}]"), "must not be empty");
             } else if models.contains(n) {
-                self.err(format!("auto_model_names[{i}]"), format!("'{n}' is also a model in providers.models"));
+                self.err(
+                    format!("auto_model_names[{i}]"),
+                    format!("'{n}' is also a model in providers.models"),
+                );
             }
         }
         if cfg.limits.max_request_body_bytes == 0 {
@@ -442,7 +579,10 @@ impl Validator {
         }
         if let Some(v) = &cfg.version {
             if v != "v0.1" {
-                self.err("version", format!("unsupported version '{v}' (this router reads v0.1)"));
+                self.err(
+                    "version",
+                    format!("unsupported version '{v}' (this router reads v0.1)"),
+                );
             }
         }
     }
@@ -461,7 +601,9 @@ pub enum AccessKey<'a> {
 
 pub fn parse_access_key(key: &str) -> Result<AccessKey<'_>, String> {
     if let Some(inner) = key.strip_prefix("${") {
-        let var = inner.strip_suffix('}').ok_or("unclosed '${' (write ${ENV_VAR})")?;
+        let var = inner
+            .strip_suffix('}')
+            .ok_or("unclosed '${' (write ${ENV_VAR})")?;
         if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("'{var}' is not a valid environment variable name"));
         }

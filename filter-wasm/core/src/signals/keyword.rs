@@ -6,16 +6,38 @@ use regex::RegexSet;
 use crate::config::{ConfigError, KeywordOperator, KeywordSignal};
 
 /// The regex for one keyword. Literals are escaped and bounded by `\b` on each side
-/// that starts or ends with a word character (so `c++` still matches before a space).
+/// that starts or ends with a word character (so `c++` still matches before a space),
+/// except in scripts written without spaces (Chinese, Japanese, Thai, ...), where a word
+/// boundary would never occur inside a sentence.
 pub fn keyword_pattern(keyword: &str, case_sensitive: bool, is_regex: bool) -> String {
     let flags = if case_sensitive { "" } else { "(?i)" };
     if is_regex {
         return format!("{flags}(?:{keyword})");
     }
-    let is_word = |c: char| c.is_alphanumeric() || c == '_';
-    let open = if keyword.chars().next().is_some_and(is_word) { r"\b" } else { "" };
-    let close = if keyword.chars().last().is_some_and(is_word) { r"\b" } else { "" };
+    let is_word = |c: char| (c.is_alphanumeric() || c == '_') && !is_spaceless_script(c);
+    let open = if keyword.chars().next().is_some_and(is_word) {
+        r"\b"
+    } else {
+        ""
+    };
+    let close = if keyword.chars().last().is_some_and(is_word) {
+        r"\b"
+    } else {
+        ""
+    };
     format!("{flags}{open}{}{close}", regex::escape(keyword))
+}
+
+fn is_spaceless_script(c: char) -> bool {
+    matches!(c as u32,
+        0x0E00..=0x0EFF      // Thai, Lao
+        | 0x1000..=0x109F    // Myanmar
+        | 0x1780..=0x17FF    // Khmer
+        | 0x3040..=0x30FF    // Hiragana, Katakana
+        | 0x3400..=0x4DBF    // CJK extension A
+        | 0x4E00..=0x9FFF    // CJK unified ideographs
+        | 0xF900..=0xFAFF    // CJK compatibility ideographs
+        | 0x20000..=0x2FFFF) // CJK extensions B+
 }
 
 #[derive(Debug)]
@@ -39,11 +61,20 @@ impl KeywordMatcher {
         let mut rules = Vec::with_capacity(signals.len());
         for s in signals {
             let first = patterns.len();
-            patterns.extend(s.keywords.iter().map(|k| keyword_pattern(k, s.case_sensitive, s.regex)));
-            rules.push(Rule { operator: s.operator, first, count: s.keywords.len() });
+            patterns.extend(
+                s.keywords
+                    .iter()
+                    .map(|k| keyword_pattern(k, s.case_sensitive, s.regex)),
+            );
+            rules.push(Rule {
+                operator: s.operator,
+                first,
+                count: s.keywords.len(),
+            });
         }
-        let set = RegexSet::new(&patterns)
-            .map_err(|e| ConfigError::new("signals.keywords", format!("cannot compile keywords: {e}")))?;
+        let set = RegexSet::new(&patterns).map_err(|e| {
+            ConfigError::new("signals.keywords", format!("cannot compile keywords: {e}"))
+        })?;
         Ok(KeywordMatcher { set, rules })
     }
 
@@ -56,7 +87,9 @@ impl KeywordMatcher {
         self.rules
             .iter()
             .map(|r| {
-                let matched = (r.first..r.first + r.count).filter(|&i| hits.matched(i)).count();
+                let matched = (r.first..r.first + r.count)
+                    .filter(|&i| hits.matched(i))
+                    .count();
                 match r.operator {
                     KeywordOperator::AND => matched == r.count,
                     KeywordOperator::OR => matched > 0,
@@ -90,7 +123,10 @@ mod tests {
         let r = || rule(KeywordOperator::OR, &["urgent", "asap"], false);
         assert!(eval(r(), "This is URGENT, please"));
         assert!(eval(r(), "reply asap."));
-        assert!(!eval(r(), "no urgency here"), "must not match inside a word");
+        assert!(
+            !eval(r(), "no urgency here"),
+            "must not match inside a word"
+        );
         assert!(!eval(r(), "nothing"));
     }
 
@@ -111,22 +147,43 @@ mod tests {
     #[test]
     fn case_sensitive_rules_respect_case() {
         assert!(eval(rule(KeywordOperator::OR, &["SQL"], true), "write SQL"));
-        assert!(!eval(rule(KeywordOperator::OR, &["SQL"], true), "write sql"));
-        assert!(eval(rule(KeywordOperator::OR, &["SQL"], false), "write sql"));
+        assert!(!eval(
+            rule(KeywordOperator::OR, &["SQL"], true),
+            "write sql"
+        ));
+        assert!(eval(
+            rule(KeywordOperator::OR, &["SQL"], false),
+            "write sql"
+        ));
     }
 
     #[test]
     fn keywords_are_literal_not_regex() {
-        assert!(eval(rule(KeywordOperator::OR, &["c++"], false), "I love C++ templates"));
+        assert!(eval(
+            rule(KeywordOperator::OR, &["c++"], false),
+            "I love C++ templates"
+        ));
         assert!(!eval(rule(KeywordOperator::OR, &["a.b"], false), "axb"));
-        assert!(eval(rule(KeywordOperator::OR, &["a.b"], false), "see a.b now"));
+        assert!(eval(
+            rule(KeywordOperator::OR, &["a.b"], false),
+            "see a.b now"
+        ));
     }
 
     #[test]
     fn multi_word_and_unicode_keywords() {
-        assert!(eval(rule(KeywordOperator::OR, &["machine learning"], false), "Intro to Machine Learning?"));
-        assert!(eval(rule(KeywordOperator::OR, &["größe"], false), "die GRÖSSE? nein, die Größe"));
-        assert!(eval(rule(KeywordOperator::OR, &["数学"], false), "这是数学题"));
+        assert!(eval(
+            rule(KeywordOperator::OR, &["machine learning"], false),
+            "Intro to Machine Learning?"
+        ));
+        assert!(eval(
+            rule(KeywordOperator::OR, &["größe"], false),
+            "die GRÖSSE? nein, die Größe"
+        ));
+        assert!(eval(
+            rule(KeywordOperator::OR, &["数学"], false),
+            "这是数学题"
+        ));
     }
 
     #[test]
