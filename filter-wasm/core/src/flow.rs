@@ -135,7 +135,9 @@ impl RequestFlow {
                     }
                 }
                 if let Some(new_body) = &plan.body {
-                    host.set_request_header("content-length", None);
+                    // The stale length must not reach the upstream; the new one spares it a
+                    // chunked body.
+                    host.set_request_header("content-length", Some(&new_body.len().to_string()));
                     host.replace_request_body(new_body);
                 }
                 self.state = State::Routed(plan.response_headers);
