@@ -180,10 +180,11 @@ fn auto_request_is_routed_and_rewritten() {
     assert_eq!(host.header("x-gateway-model-name"), Some("qwen"));
     assert_eq!(host.header("x-vsr-selected-decision"), Some("math_route"));
     assert_eq!(host.header("authorization"), Some("Bearer sk-qwen-secret"));
+    let length = host.body.len().to_string();
     assert_eq!(
         host.header("content-length"),
-        None,
-        "a rewritten body drops content-length"
+        Some(length.as_str()),
+        "a rewritten body gets its own length"
     );
     assert_eq!(host.header("x-debug"), None);
     assert_eq!(host.header("x-tier"), Some("gold"));
