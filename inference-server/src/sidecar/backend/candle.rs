@@ -1,0 +1,351 @@
+//! The candle backend: our BERT ([`crate::sidecar::model::bert`]) on CPU, or
+//! on CUDA with the `cuda` cargo feature.
+//!
+//! One forward pass serves a whole batch with mixed requests: the lower
+//! layers run once for every row; each requested task branches off at layer
+//! `L - top_layers` with its own LoRA adapters, over only the rows that asked
+//! for it; the base top layers run only if some row needs the embedding or a
+//! task without adapters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::{
+    Backend, BackendError, BackendInfo, Batch, HeadOutput, SequenceOutput, TaskFiles, TaskId,
+};
+use crate::sidecar::model::bert::{
+    cls_pool, l2_normalize, mean_pool, BertConfig, BertModel, LayerAdapter, Mode,
+};
+use crate::sidecar::tasks::{Activation, Pooling, TaskKind, TaskSpec, ADAPTER_FILE};
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, BackendError> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        #[cfg(feature = "cuda")]
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse::<usize>)
+                .map_err(|e| BackendError::Load(format!("bad device `{s}`: {e}")))?;
+            Device::new_cuda(ordinal)
+                .map_err(|e| BackendError::Load(format!("CUDA device {ordinal}: {e}")))
+        }
+        #[cfg(not(feature = "cuda"))]
+        s if s == "cuda" || s.starts_with("cuda:") => Err(BackendError::Load(format!(
+            "device `{s}` needs a build with `--features cuda`"
+        ))),
+        s => Err(BackendError::Load(format!(
+            "unknown device `{s}` (expected cpu, cuda or cuda:N)"
+        ))),
+    }
+}
+
+fn load_err(what: &str) -> impl Fn(candle_core::Error) -> BackendError + '_ {
+    move |e| BackendError::Load(format!("{what}: {e}"))
+}
+
+fn infer_err(e: candle_core::Error) -> BackendError {
+    BackendError::Inference(e.to_string())
+}
+
+// === impl Head ===
+
+/// Dense layers (with activation) then the output projection.
+#[derive(Debug, Clone)]
+pub struct Head {
+    hidden: Vec<Linear>,
+    activation: Activation,
+    out: Linear,
+}
+
+impl Head {
+    /// Loads `head.dense.<j>.{weight,bias}` and `head.out.{weight,bias}`.
+    pub fn load(spec: &TaskSpec, input: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let mut hidden = Vec::new();
+        let mut width = input;
+        for (j, &w) in spec.head.hidden.iter().enumerate() {
+            hidden.push(candle_nn::linear(
+                width,
+                w,
+                vb.pp(format!("head.dense.{j}")),
+            )?);
+            width = w;
+        }
+        let out = candle_nn::linear(width, spec.labels.len(), vb.pp("head.out"))?;
+        Ok(Self {
+            hidden,
+            activation: spec.head.activation,
+            out,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        for l in &self.hidden {
+            x = l.forward(&x)?;
+            x = match self.activation {
+                Activation::Tanh => x.tanh()?,
+                Activation::Gelu => x.gelu_erf()?,
+                Activation::Relu => x.relu()?,
+            };
+        }
+        self.out.forward(&x)
+    }
+}
+
+// === impl TaskBranch ===
+
+/// A task's top layers (base weights + its adapters) and head.
+#[derive(Debug, Clone)]
+pub struct TaskBranch {
+    pub kind: TaskKind,
+    pub pooling: Pooling,
+    /// First layer this task re-runs (`L - top_layers`); `L` = none.
+    pub first_layer: usize,
+    /// One adapter per re-run layer (empty adapters when there is no LoRA).
+    pub adapters: Vec<LayerAdapter>,
+    pub head: Head,
+}
+
+impl TaskBranch {
+    /// Builds a branch from a task's spec and a `VarBuilder` over its
+    /// `adapter.safetensors` (or a `VarMap`, for training).
+    pub fn load(spec: &TaskSpec, cfg: &BertConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let layers = cfg.num_hidden_layers;
+        let first_layer = layers - spec.top_layers;
+        let adapters = (first_layer..layers)
+            .map(|i| match &spec.lora {
+                Some(l) => LayerAdapter::load(
+                    cfg,
+                    &l.targets,
+                    l.rank,
+                    l.alpha,
+                    vb.pp(format!("encoder.layer.{i}")),
+                ),
+                None => Ok(LayerAdapter::default()),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            kind: spec.kind,
+            pooling: spec.pooling,
+            first_layer,
+            adapters,
+            head: Head::load(spec, cfg.hidden_size, vb)?,
+        })
+    }
+}
+
+// === impl CandleBackend ===
+
+pub struct CandleBackend {
+    model: BertModel,
+    tasks: Vec<TaskBranch>,
+    device: Device,
+    mode: Mode,
+}
+
+impl CandleBackend {
+    /// Loads the base encoder from `base_dir` (`config.json`,
+    /// `model.safetensors`) and every task of `tasks`, in order (their
+    /// [`TaskId`]s are their indices).
+    pub fn load(
+        base_dir: &Path,
+        tasks: &[TaskFiles],
+        device: Device,
+    ) -> Result<Self, BackendError> {
+        let cfg_path = base_dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| BackendError::Load(format!("{}: {e}", cfg_path.display())))?;
+        let config: BertConfig = serde_json::from_str(&text)
+            .map_err(|e| BackendError::Load(format!("{}: {e}", cfg_path.display())))?;
+        if config.model_type.as_deref().is_some_and(|t| t != "bert") {
+            return Err(BackendError::Load(format!(
+                "{}: model_type {:?} is not bert",
+                cfg_path.display(),
+                config.model_type
+            )));
+        }
+        let weights = base_dir.join("model.safetensors");
+        let bytes = std::fs::read(&weights)
+            .map_err(|e| BackendError::Load(format!("{}: {e}", weights.display())))?;
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
+            .map_err(load_err("base weights"))?;
+        let model = BertModel::load(config, vb).map_err(load_err("base encoder"))?;
+        let mut branches = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let path = t.dir.join(ADAPTER_FILE);
+            let bytes = std::fs::read(&path)
+                .map_err(|e| BackendError::Load(format!("{}: {e}", path.display())))?;
+            let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
+                .map_err(load_err("task weights"))?;
+            let what = format!("task `{}` ({})", t.spec.name, path.display());
+            branches.push(
+                TaskBranch::load(&t.spec, &model.config, vb)
+                    .map_err(|e| BackendError::Load(format!("{what}: {e}")))?,
+            );
+        }
+        Ok(Self {
+            model,
+            tasks: branches,
+            device,
+            mode: Mode::Inference,
+        })
+    }
+
+    pub fn model(&self) -> &BertModel {
+        &self.model
+    }
+
+    fn run(&self, batch: &Batch) -> candle_core::Result<Vec<SequenceOutput>> {
+        let n = batch.size();
+        let s = batch.max_len;
+        let layers = self.model.num_layers();
+        let dev = &self.device;
+        let ids = Tensor::from_slice(&batch.input_ids, (n, s), dev)?;
+        let types = Tensor::from_slice(&batch.type_ids, (n, s), dev)?;
+        let mask = Tensor::from_slice(&batch.attention_mask, (n, s), dev)?;
+        let bias = BertModel::mask_bias(&mask)?;
+
+        let requested: BTreeSet<TaskId> = batch
+            .wants
+            .iter()
+            .flat_map(|w| w.tasks.iter().copied())
+            .collect();
+        for &t in &requested {
+            if t >= self.tasks.len() {
+                candle_core::bail!("task id {t} out of range");
+            }
+        }
+        let any_embedding = batch.wants.iter().any(|w| w.embedding);
+        let need_final = any_embedding
+            || requested
+                .iter()
+                .any(|&t| self.tasks[t].first_layer == layers);
+        let branch_points: BTreeSet<usize> = requested
+            .iter()
+            .map(|&t| self.tasks[t].first_layer)
+            .filter(|&l| l < layers)
+            .collect();
+        let stop = if need_final {
+            layers
+        } else {
+            branch_points.iter().copied().max().unwrap_or(0)
+        };
+
+        let mut saved: BTreeMap<usize, Tensor> = BTreeMap::new();
+        let mut x = self.model.embed(&ids, &types, self.mode)?;
+        for i in 0..layers {
+            if branch_points.contains(&i) {
+                saved.insert(i, x.clone());
+            }
+            if i >= stop {
+                break;
+            }
+            x = self.model.layer(i, &x, &bias, None, self.mode)?;
+        }
+
+        let mut out = vec![SequenceOutput::default(); n];
+        if any_embedding {
+            let emb = l2_normalize(&mean_pool(&x, &mask)?)?.to_vec2::<f32>()?;
+            for ((o, w), e) in out.iter_mut().zip(&batch.wants).zip(emb) {
+                if w.embedding {
+                    o.embedding = Some(e);
+                }
+            }
+        }
+
+        for &t in &requested {
+            let branch = &self.tasks[t];
+            let rows: Vec<u32> = (0..n as u32)
+                .filter(|&r| batch.wants[r as usize].tasks.contains(&t))
+                .collect();
+            let start = if branch.first_layer == layers {
+                &x
+            } else {
+                &saved[&branch.first_layer]
+            };
+            let (mut h, m, b) = if rows.len() == n {
+                (start.clone(), mask.clone(), bias.clone())
+            } else {
+                let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
+                (
+                    start.index_select(&idx, 0)?,
+                    mask.index_select(&idx, 0)?,
+                    bias.index_select(&idx, 0)?,
+                )
+            };
+            for (k, adapter) in branch.adapters.iter().enumerate() {
+                h = self
+                    .model
+                    .layer(branch.first_layer + k, &h, &b, Some(adapter), self.mode)?;
+            }
+            if branch.kind.per_token() {
+                let logits = branch.head.forward(&h)?; // [r, s, labels]
+                let labels = logits.dim(2)?;
+                let all = logits.flatten_all()?.to_vec1::<f32>()?;
+                for (j, &r) in rows.iter().enumerate() {
+                    let len = batch.lengths[r as usize];
+                    let row = &all[j * s * labels..(j * s + len) * labels];
+                    out[r as usize].heads.push((
+                        t,
+                        HeadOutput::Tokens {
+                            logits: row.to_vec(),
+                            num_labels: labels,
+                        },
+                    ));
+                }
+            } else {
+                let pooled = match branch.pooling {
+                    Pooling::Mean => mean_pool(&h, &m)?,
+                    Pooling::Cls => cls_pool(&h)?,
+                };
+                let logits = branch.head.forward(&pooled)?.to_vec2::<f32>()?;
+                for (&r, l) in rows.iter().zip(logits) {
+                    out[r as usize].heads.push((t, HeadOutput::Sequence(l)));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for CandleBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            hidden_size: self.model.config.hidden_size,
+            num_layers: self.model.num_layers(),
+            max_positions: self.model.config.max_position_embeddings,
+            device: format!("{:?}", self.device),
+        }
+    }
+
+    fn health(&self) -> Result<(), BackendError> {
+        let ids = [101u32, 102];
+        let batch = Batch::from_rows([(
+            &ids[..],
+            &[0u32, 0][..],
+            super::Wants {
+                embedding: true,
+                tasks: vec![],
+            },
+        )]);
+        self.forward(&batch).map(|_| ())
+    }
+
+    fn forward(&self, batch: &Batch) -> Result<Vec<SequenceOutput>, BackendError> {
+        if batch.size() == 0 {
+            return Ok(Vec::new());
+        }
+        if batch.max_len > self.model.config.max_position_embeddings {
+            return Err(BackendError::Inference(format!(
+                "sequence of {} tokens exceeds the model's {}",
+                batch.max_len, self.model.config.max_position_embeddings
+            )));
+        }
+        self.run(batch).map_err(infer_err)
+    }
+}

@@ -1,0 +1,451 @@
+//! A small BERT encoder written for layer-by-layer control.
+//!
+//! Unlike a monolithic `forward`, [`BertModel`] exposes its pieces
+//! (embeddings, single layers, pooling) so the engine can run the frozen lower
+//! layers once per batch, branch at any layer into task-specific copies of the
+//! top layers (same base weights plus per-task LoRA adapters, see
+//! [`LayerAdapter`]) and pool wherever it likes.
+//!
+//! [`Mode`] selects the kernels: `Inference` uses candle's fused layer norm and
+//! `softmax_last_dim` (fast, but they have no backward pass), `Train` uses
+//! compositions of differentiable primitives so candle autograd reaches LoRA
+//! and head parameters.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use serde::Deserialize;
+
+/// `config.json` of a Hugging Face BERT checkpoint (fields we use).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+/// Which kernels to use (see module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fused kernels, no autograd through layer norm and softmax.
+    Inference,
+    /// Differentiable compositions; slower.
+    Train,
+}
+
+/// Additive attention bias for masked (padding) keys: exp(-1e4) is 0 in f32
+/// and f16, and -1e4 is representable in f16.
+const MASKED_BIAS: f64 = -10_000.0;
+
+// === impl LayerNorm ===
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Inference if x.is_contiguous() => {
+                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+            }
+            _ => layer_norm_differentiable(x, &self.weight, &self.bias, self.eps),
+        }
+    }
+}
+
+/// Layer norm from primitives that all have a backward pass.
+pub fn layer_norm_differentiable(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    centered
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(w)?
+        .broadcast_add(b)
+}
+
+/// Softmax over the last dimension.
+pub fn softmax(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
+        Mode::Train => {
+            let max = x.max_keepdim(D::Minus1)?.detach();
+            let e = x.broadcast_sub(&max)?.exp()?;
+            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+        }
+    }
+}
+
+// === impl Lora ===
+
+/// Low-rank update `scale * B(A x)` added to a frozen linear layer.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    /// `[rank, in]`
+    pub a: Tensor,
+    /// `[out, rank]`
+    pub b: Tensor,
+    /// `alpha / rank`
+    pub scale: f64,
+}
+
+impl Lora {
+    pub fn load(
+        in_dim: usize,
+        out_dim: usize,
+        rank: usize,
+        alpha: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            a: vb.get((rank, in_dim), "lora_a")?,
+            b: vb.get((out_dim, rank), "lora_b")?,
+            scale: alpha / rank as f64,
+        })
+    }
+
+    /// The delta for `x` of shape `[batch, seq, in]`.
+    pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        let (bsz, seq, inn) = x.dims3()?;
+        let x2 = x.reshape((bsz * seq, inn))?;
+        let d = x2.matmul(&self.a.t()?)?.matmul(&self.b.t()?)?;
+        (d * self.scale)?.reshape((bsz, seq, ()))
+    }
+}
+
+/// Names of the linear modules of a layer that can carry a LoRA adapter
+/// (the Hugging Face parameter names).
+pub const LORA_TARGETS: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+/// Per-task LoRA adapters of one encoder layer (any subset of targets).
+#[derive(Debug, Clone, Default)]
+pub struct LayerAdapter {
+    pub query: Option<Lora>,
+    pub key: Option<Lora>,
+    pub value: Option<Lora>,
+    pub attention_output: Option<Lora>,
+    pub intermediate: Option<Lora>,
+    pub output: Option<Lora>,
+}
+
+impl LayerAdapter {
+    /// Loads the adapters named in `targets` (entries of [`LORA_TARGETS`])
+    /// from `vb` (already prefixed with `encoder.layer.<i>`).
+    pub fn load(
+        cfg: &BertConfig,
+        targets: &[String],
+        rank: usize,
+        alpha: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let mut a = Self::default();
+        for t in targets {
+            let (slot, inn, out) = match t.as_str() {
+                "attention.self.query" => (&mut a.query, h, h),
+                "attention.self.key" => (&mut a.key, h, h),
+                "attention.self.value" => (&mut a.value, h, h),
+                "attention.output.dense" => (&mut a.attention_output, h, h),
+                "intermediate.dense" => (&mut a.intermediate, h, i),
+                "output.dense" => (&mut a.output, i, h),
+                other => candle_core::bail!(
+                    "unknown LoRA target `{other}` (expected one of {LORA_TARGETS:?})"
+                ),
+            };
+            *slot = Some(Lora::load(inn, out, rank, alpha, vb.pp(t))?);
+        }
+        Ok(a)
+    }
+}
+
+fn linear(x: &Tensor, l: &Linear, lora: Option<&Lora>) -> Result<Tensor> {
+    let y = l.forward(x)?;
+    match lora {
+        Some(lora) => y + lora.delta(x)?,
+        None => Ok(y),
+    }
+}
+
+// === impl BertLayer ===
+
+#[derive(Debug, Clone)]
+pub struct BertLayer {
+    /// Query, key and value fused into one `[3h, h]` projection.
+    qkv: Linear,
+    attention_output: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl BertLayer {
+    fn load(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let sa = vb.pp("attention.self");
+        let w = Tensor::cat(
+            &[
+                sa.get((h, h), "query.weight")?,
+                sa.get((h, h), "key.weight")?,
+                sa.get((h, h), "value.weight")?,
+            ],
+            0,
+        )?;
+        let b = Tensor::cat(
+            &[
+                sa.get(h, "query.bias")?,
+                sa.get(h, "key.bias")?,
+                sa.get(h, "value.bias")?,
+            ],
+            0,
+        )?;
+        let lin = |vb: VarBuilder, inn: usize, out: usize| candle_nn::linear(inn, out, vb);
+        Ok(Self {
+            qkv: Linear::new(w, Some(b)),
+            attention_output: lin(vb.pp("attention.output.dense"), h, h)?,
+            attention_norm: LayerNorm::load(
+                h,
+                cfg.layer_norm_eps,
+                vb.pp("attention.output.LayerNorm"),
+            )?,
+            intermediate: lin(vb.pp("intermediate.dense"), h, cfg.intermediate_size)?,
+            output: lin(vb.pp("output.dense"), cfg.intermediate_size, h)?,
+            output_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
+            heads: cfg.num_attention_heads,
+            head_dim: h / cfg.num_attention_heads,
+        })
+    }
+
+    /// One transformer layer. `x`: `[b, s, h]`; `mask_bias`: `[b, 1, 1, s]`
+    /// (0 for real tokens, a large negative number for padding).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let qkv = self.qkv.forward(x)?;
+        let mut q = qkv.narrow(D::Minus1, 0, h)?;
+        let mut k = qkv.narrow(D::Minus1, h, h)?;
+        let mut v = qkv.narrow(D::Minus1, 2 * h, h)?;
+        if let Some(a) = adapter {
+            if let Some(l) = &a.query {
+                q = (q + l.delta(x)?)?;
+            }
+            if let Some(l) = &a.key {
+                k = (k + l.delta(x)?)?;
+            }
+            if let Some(l) = &a.value {
+                v = (v + l.delta(x)?)?;
+            }
+        }
+        let split = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, s, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
+        let probs = softmax(&scores, mode)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let attn = linear(
+            &ctx,
+            &self.attention_output,
+            adapter.and_then(|a| a.attention_output.as_ref()),
+        )?;
+        let x = self.attention_norm.forward(&(attn + x)?, mode)?;
+        let inter = linear(
+            &x,
+            &self.intermediate,
+            adapter.and_then(|a| a.intermediate.as_ref()),
+        )?
+        .gelu_erf()?;
+        let out = linear(
+            &inter,
+            &self.output,
+            adapter.and_then(|a| a.output.as_ref()),
+        )?;
+        self.output_norm.forward(&(out + x)?, mode)
+    }
+}
+
+// === impl BertModel ===
+
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Tensor,
+    embeddings_norm: LayerNorm,
+    layers: Vec<BertLayer>,
+    pub config: BertConfig,
+    device: Device,
+}
+
+impl BertModel {
+    /// Loads the weights (Hugging Face names, with or without a `bert.` prefix).
+    pub fn load(config: BertConfig, vb: VarBuilder) -> Result<Self> {
+        if config.hidden_act != "gelu" {
+            candle_core::bail!(
+                "unsupported hidden_act `{}` (only `gelu`)",
+                config.hidden_act
+            );
+        }
+        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+            candle_core::bail!("hidden_size is not a multiple of num_attention_heads");
+        }
+        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            vb.pp("bert")
+        } else {
+            vb
+        };
+        let h = config.hidden_size;
+        let e = vb.pp("embeddings");
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| BertLayer::load(&config, vb.pp(format!("encoder.layer.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            word_embeddings: e.get((config.vocab_size, h), "word_embeddings.weight")?,
+            position_embeddings: e.get(
+                (config.max_position_embeddings, h),
+                "position_embeddings.weight",
+            )?,
+            token_type_embeddings: e
+                .get((config.type_vocab_size, h), "token_type_embeddings.weight")?,
+            embeddings_norm: LayerNorm::load(h, config.layer_norm_eps, e.pp("LayerNorm"))?,
+            layers,
+            device: vb.device().clone(),
+            config,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token + position + type embeddings, normalised: `[b, s, h]`.
+    /// `input_ids`, `type_ids`: `[b, s]` u32.
+    pub fn embed(&self, input_ids: &Tensor, type_ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2()?;
+        let h = self.config.hidden_size;
+        let words = self
+            .word_embeddings
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, s, h))?;
+        let types = self
+            .token_type_embeddings
+            .index_select(&type_ids.flatten_all()?, 0)?
+            .reshape((b, s, h))?;
+        let pos = self.position_embeddings.narrow(0, 0, s)?.unsqueeze(0)?;
+        let x = (words + types)?.broadcast_add(&pos)?;
+        self.embeddings_norm.forward(&x, mode)
+    }
+
+    /// `[b, 1, 1, s]` additive bias from a `[b, s]` 0/1 mask.
+    pub fn mask_bias(mask: &Tensor) -> Result<Tensor> {
+        let (b, s) = mask.dims2()?;
+        ((mask.to_dtype(DType::F32)? - 1.0)? * -MASKED_BIAS)?.reshape((b, 1, 1, s))
+    }
+
+    /// Runs layer `index` (0-based).
+    pub fn layer(
+        &self,
+        index: usize,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        match self.layers.get(index) {
+            Some(l) => l.forward(x, mask_bias, adapter, mode),
+            None => candle_core::bail!("layer {index} out of range"),
+        }
+    }
+
+    /// The whole encoder without adapters: last hidden state `[b, s, h]`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        type_ids: &Tensor,
+        mask: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let bias = Self::mask_bias(mask)?;
+        let mut x = self.embed(input_ids, type_ids, mode)?;
+        for l in &self.layers {
+            x = l.forward(&x, &bias, None, mode)?;
+        }
+        Ok(x)
+    }
+}
+
+/// Mean of the hidden states over real tokens: `[b, s, h]`, `[b, s]` → `[b, h]`.
+pub fn mean_pool(hidden: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask.to_dtype(hidden.dtype())?.unsqueeze(D::Minus1)?;
+    let sum = hidden.broadcast_mul(&m)?.sum(1)?;
+    let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+    sum.broadcast_div(&count)
+}
+
+/// The first (`[CLS]`) token's hidden state: `[b, s, h]` → `[b, h]`.
+pub fn cls_pool(hidden: &Tensor) -> Result<Tensor> {
+    hidden.narrow(1, 0, 1)?.squeeze(1)
+}
+
+/// Row-wise L2 normalisation (sentence-transformers `Normalize`, eps 1e-12).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    x.broadcast_div(&norm)
+}

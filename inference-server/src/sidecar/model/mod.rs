@@ -1,0 +1,3 @@
+//! Model code (our own BERT, so we control layer-by-layer execution).
+
+pub mod bert;

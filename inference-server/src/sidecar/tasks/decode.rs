@@ -1,0 +1,242 @@
+//! Raw head logits → labels, probabilities and character spans.
+
+/// Result of a sequence (or pair) classification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceResult {
+    pub label: String,
+    pub confidence: f32,
+    /// Probability per label, in the task's label order.
+    pub scores: Vec<(String, f32)>,
+}
+
+/// A merged entity span (character and byte offsets, end exclusive).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub kind: String,
+    pub start: usize,
+    pub end: usize,
+    pub byte_start: usize,
+    pub byte_end: usize,
+    pub score: f32,
+}
+
+/// One labelled token (character and byte offsets, end exclusive).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLabel {
+    pub start: usize,
+    pub end: usize,
+    pub byte_start: usize,
+    pub byte_end: usize,
+    pub label: String,
+    pub score: f32,
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
+/// Sequence logits → label, confidence and per-label probabilities.
+pub fn sequence(labels: &[String], probs: &[f32]) -> SequenceResult {
+    let best = argmax(probs);
+    SequenceResult {
+        label: labels.get(best).cloned().unwrap_or_default(),
+        confidence: probs.get(best).copied().unwrap_or(0.0),
+        scores: labels.iter().cloned().zip(probs.iter().copied()).collect(),
+    }
+}
+
+/// Maps byte offsets of `text` to character offsets.
+pub struct CharIndex {
+    /// `starts[i]` = byte offset of char `i`; one extra entry = `text.len()`.
+    starts: Vec<usize>,
+}
+
+impl CharIndex {
+    pub fn new(text: &str) -> Self {
+        let mut starts: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
+        starts.push(text.len());
+        Self { starts }
+    }
+
+    /// Character index of the char containing byte `b` (or the end).
+    pub fn char_at(&self, b: usize) -> usize {
+        match self.starts.binary_search(&b) {
+            Ok(i) => i,
+            Err(i) => i.saturating_sub(1),
+        }
+    }
+
+    /// Character end for an exclusive byte end (rounded up to a char boundary).
+    pub fn char_end(&self, b: usize) -> usize {
+        match self.starts.binary_search(&b) {
+            Ok(i) | Err(i) => i,
+        }
+    }
+}
+
+/// Splits a BIO/IO tag into (is_begin, entity type); `None` for `O`.
+fn tag(label: &str) -> Option<(bool, &str)> {
+    if label == "O" {
+        None
+    } else if let Some(t) = label.strip_prefix("B-") {
+        Some((true, t))
+    } else if let Some(t) = label.strip_prefix("I-") {
+        Some((false, t))
+    } else {
+        Some((false, label))
+    }
+}
+
+/// Per-token probability rows → labelled tokens. `offsets[i]` is the byte
+/// range of token `i` in `text`, `None` for special tokens (skipped).
+pub fn token_labels(
+    labels: &[String],
+    probs: &[Vec<f32>],
+    offsets: &[Option<(usize, usize)>],
+    text: &str,
+) -> Vec<TokenLabel> {
+    let index = CharIndex::new(text);
+    probs
+        .iter()
+        .zip(offsets)
+        .filter_map(|(p, off)| {
+            let (bs, be) = (*off)?;
+            let best = argmax(p);
+            Some(TokenLabel {
+                start: index.char_at(bs),
+                end: index.char_end(be),
+                byte_start: bs,
+                byte_end: be,
+                label: labels.get(best).cloned().unwrap_or_default(),
+                score: p.get(best).copied().unwrap_or(0.0),
+            })
+        })
+        .collect()
+}
+
+/// Labelled tokens → entity spans: `B-X` starts a span, `I-X`/`X` continues
+/// a span of the same type (or starts one), `O` ends it. Word pieces of one
+/// word that got different tags still join the span they started in.
+pub fn entities(tokens: &[TokenLabel], text: &str) -> Vec<Entity> {
+    let mut out: Vec<Entity> = Vec::new();
+    let mut open: Option<(Entity, usize)> = None; // (span, token count)
+    let mut close = |open: &mut Option<(Entity, usize)>| {
+        if let Some((mut e, n)) = open.take() {
+            e.score /= n as f32;
+            out.push(e);
+        }
+    };
+    let bytes = text.as_bytes();
+    for t in tokens {
+        let continues_word = open.as_ref().is_some_and(|(e, _)| {
+            e.byte_end == t.byte_start
+                && t.byte_start > 0
+                && !bytes[t.byte_start - 1].is_ascii_whitespace()
+        });
+        match tag(&t.label) {
+            None if continues_word => extend(&mut open, t),
+            None => close(&mut open),
+            Some((begin, kind)) => {
+                let same = open.as_ref().is_some_and(|(e, _)| e.kind == kind);
+                if same && (!begin || continues_word) {
+                    extend(&mut open, t);
+                } else {
+                    close(&mut open);
+                    open = Some((
+                        Entity {
+                            kind: kind.to_string(),
+                            start: t.start,
+                            end: t.end,
+                            byte_start: t.byte_start,
+                            byte_end: t.byte_end,
+                            score: t.score,
+                        },
+                        1,
+                    ));
+                }
+            }
+        }
+    }
+    close(&mut open);
+    out
+}
+
+fn extend(open: &mut Option<(Entity, usize)>, t: &TokenLabel) {
+    if let Some((e, n)) = open {
+        e.end = t.end;
+        e.byte_end = t.byte_end;
+        e.score += t.score;
+        *n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tl(bs: usize, be: usize, label: &str, text: &str) -> TokenLabel {
+        let i = CharIndex::new(text);
+        TokenLabel {
+            start: i.char_at(bs),
+            end: i.char_end(be),
+            byte_start: bs,
+            byte_end: be,
+            label: label.into(),
+            score: 0.5,
+        }
+    }
+
+    #[test]
+    fn merges_bio_tags_with_char_offsets() {
+        let text = "mail é bob@x.io now";
+        // "é" is 2 bytes: "mail " 0..5, "é" 5..7, " " 7, "bob" 8..11, "@" 11..12, "x.io" 12..16
+        let toks = vec![
+            tl(0, 4, "O", text),
+            tl(5, 7, "O", text),
+            tl(8, 11, "B-EMAIL", text),
+            tl(11, 12, "I-EMAIL", text),
+            tl(12, 16, "I-EMAIL", text),
+            tl(17, 20, "O", text),
+        ];
+        let e = entities(&toks, text);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].byte_start, e[0].byte_end), (8, 16));
+        assert_eq!((e[0].start, e[0].end), (7, 15));
+        assert_eq!(&text[e[0].byte_start..e[0].byte_end], "bob@x.io");
+        assert_eq!(e[0].kind, "EMAIL");
+    }
+
+    #[test]
+    fn begin_tag_splits_adjacent_words() {
+        let text = "Ann Bob";
+        let toks = vec![tl(0, 3, "B-NAME", text), tl(4, 7, "B-NAME", text)];
+        assert_eq!(entities(&toks, text).len(), 2);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let p = softmax(&[1.0, 2.0, 3.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(
+            sequence(&["a".into(), "b".into(), "c".into()], &p).label,
+            "c"
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! Task heads: their on-disk format, discovery under `--models`, and the
+//! decoding of raw logits into labels and spans ([`decode`]).
+//!
+//! A task lives in `models/<name>/`:
+//! * `task.json`: a [`TaskSpec`];
+//! * `adapter.safetensors`: the head (`head.*`) and, when `top_layers > 0`
+//!   and `lora` is set, LoRA matrices `encoder.layer.<i>.<target>.lora_{a,b}`
+//!   for the top `top_layers` layers. Full reference: docs/SIDECAR.md.
+
+pub mod decode;
+pub mod random;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sidecar::backend::TaskFiles;
+
+/// Tasks the router knows by name, with the kind each must have. A request
+/// for one of these whose head is not installed fails naming the task; any
+/// other name must be an installed task.
+pub const CATALOGUE: [(&str, TaskKind); 7] = [
+    ("domain", TaskKind::Sequence),
+    ("jailbreak", TaskKind::Sequence),
+    ("fact_check", TaskKind::Sequence),
+    ("feedback", TaskKind::Sequence),
+    ("pii", TaskKind::Token),
+    ("nli", TaskKind::Pair),
+    ("hallucination", TaskKind::PairToken),
+];
+
+/// The pseudo-task that asks for the sentence embedding.
+pub const EMBEDDING: &str = "embedding";
+
+/// Name of the task file inside a task directory.
+pub const TASK_FILE: &str = "task.json";
+/// Name of the weights file inside a task directory.
+pub const ADAPTER_FILE: &str = "adapter.safetensors";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// One text → one label (pooled head).
+    Sequence,
+    /// One text → a label per token (BIO tags → entity spans).
+    Token,
+    /// A text pair → one label (e.g. NLI).
+    Pair,
+    /// A text pair → a label per token of the second text.
+    PairToken,
+}
+
+impl TaskKind {
+    pub fn is_pair(self) -> bool {
+        matches!(self, TaskKind::Pair | TaskKind::PairToken)
+    }
+    pub fn per_token(self) -> bool {
+        matches!(self, TaskKind::Token | TaskKind::PairToken)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Sequence => "sequence",
+            TaskKind::Token => "token",
+            TaskKind::Pair => "pair",
+            TaskKind::PairToken => "pair_token",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    #[default]
+    Mean,
+    Cls,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    /// Linear modules per layer carrying an adapter (Hugging Face names, see
+    /// `model::bert::LORA_TARGETS`).
+    #[serde(default = "default_targets")]
+    pub targets: Vec<String>,
+}
+
+fn default_targets() -> Vec<String> {
+    vec!["attention.self.query".into(), "attention.self.value".into()]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Tanh,
+    Gelu,
+    Relu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSpec {
+    /// Widths of hidden dense layers before the output layer (empty: a
+    /// single linear classifier).
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+/// `task.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: String,
+    pub kind: TaskKind,
+    /// Output labels, in logit order. Token tasks use `O` plus `B-X`/`I-X`
+    /// (or plain `X`) tags.
+    pub labels: Vec<String>,
+    /// Pooling for sequence and pair tasks (ignored for token tasks).
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// How many of the encoder's top layers this task re-runs with its own
+    /// LoRA adapters (0 = the head reads the shared base output).
+    #[serde(default)]
+    pub top_layers: usize,
+    #[serde(default)]
+    pub lora: Option<LoraSpec>,
+    #[serde(default)]
+    pub head: HeadSpec,
+    /// Free-form provenance (trainer, data, date); not interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskLoadError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl TaskSpec {
+    /// Checks the spec against itself and the base encoder.
+    pub fn validate(&self, num_layers: usize) -> Result<(), String> {
+        if self.name.is_empty() || self.name == EMBEDDING {
+            return Err(format!("invalid task name `{}`", self.name));
+        }
+        if self.labels.len() < 2 {
+            return Err("a task needs at least two labels".into());
+        }
+        if self.top_layers > num_layers {
+            return Err(format!(
+                "top_layers {} exceeds the encoder's {num_layers} layers",
+                self.top_layers
+            ));
+        }
+        if let Some(l) = &self.lora {
+            if l.rank == 0 {
+                return Err("lora.rank must be positive".into());
+            }
+            if self.top_layers == 0 {
+                return Err("lora is set but top_layers is 0".into());
+            }
+        }
+        if let Some((_, kind)) = CATALOGUE.iter().find(|(n, _)| *n == self.name) {
+            if *kind != self.kind {
+                return Err(format!(
+                    "task `{}` must be of kind `{}`, not `{}`",
+                    self.name,
+                    kind.as_str(),
+                    self.kind.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every task directory directly under `models_dir` (a directory with a
+/// `task.json`), sorted by name. Directories without `task.json` (like
+/// `base/`) are skipped; a malformed task is an error, not a skip.
+pub fn discover(models_dir: &Path, num_layers: usize) -> Result<Vec<TaskFiles>, TaskLoadError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TaskLoadError::Io { path, source }
+    };
+    let mut out = Vec::new();
+    if !models_dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(models_dir).map_err(io(models_dir))? {
+        let dir = entry.map_err(io(models_dir))?.path();
+        let file = dir.join(TASK_FILE);
+        if !file.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+        let spec: TaskSpec = serde_json::from_str(&text).map_err(|e| TaskLoadError::Invalid {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        spec.validate(num_layers)
+            .map_err(|message| TaskLoadError::Invalid {
+                path: file.clone(),
+                message,
+            })?;
+        if !dir.join(ADAPTER_FILE).is_file() {
+            return Err(TaskLoadError::Invalid {
+                path: dir.join(ADAPTER_FILE),
+                message: "missing (every task needs its head weights)".into(),
+            });
+        }
+        out.push(TaskFiles { spec, dir });
+    }
+    out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+    if let Some(w) = out.windows(2).find(|w| w[0].spec.name == w[1].spec.name) {
+        return Err(TaskLoadError::Invalid {
+            path: w[1].dir.clone(),
+            message: format!("duplicate task name `{}`", w[1].spec.name),
+        });
+    }
+    Ok(out)
+}

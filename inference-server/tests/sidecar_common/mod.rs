@@ -1,0 +1,110 @@
+//! Shared helpers of the `sidecar_*` integration tests: they start the real
+//! sidecar in-process (ports 0) with the real base model.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use inference_server::sidecar::tasks::random::write_random_task;
+use inference_server::sidecar::tasks::{HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
+use inference_server::sidecar::{Sidecar, SidecarConfig};
+use tonic::transport::Channel;
+use vsr_proto::v1::inference_client::InferenceClient;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The base model directory; a missing model FAILS (never skips).
+pub fn base_model() -> PathBuf {
+    let dir = repo_root().join("models/base/all-MiniLM-L6-v2");
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: run scripts/setup.sh to download the base model all-MiniLM-L6-v2",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+pub fn config(models_dir: &Path) -> SidecarConfig {
+    SidecarConfig {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        base_model: base_model().display().to_string(),
+        models_dir: models_dir.to_path_buf(),
+        ..SidecarConfig::default()
+    }
+}
+
+pub async fn start(cfg: SidecarConfig) -> Sidecar {
+    Sidecar::start(cfg).await.expect("sidecar starts")
+}
+
+pub async fn client(s: &Sidecar) -> InferenceClient<Channel> {
+    InferenceClient::connect(format!("http://{}", s.grpc_addr))
+        .await
+        .expect("gRPC connect")
+}
+
+/// A random-weight task in `dir` (tests of the machinery only).
+pub fn random_task(
+    dir: &Path,
+    name: &str,
+    kind: TaskKind,
+    labels: &[&str],
+    top_layers: usize,
+    lora_rank: Option<usize>,
+) -> TaskSpec {
+    let spec = TaskSpec {
+        name: name.into(),
+        kind,
+        labels: labels.iter().map(|s| s.to_string()).collect(),
+        pooling: Pooling::Mean,
+        top_layers,
+        lora: lora_rank.map(|rank| LoraSpec {
+            rank,
+            alpha: 2.0 * rank as f64,
+            targets: vec!["attention.self.query".into(), "attention.self.value".into()],
+        }),
+        head: HeadSpec::default(),
+        metadata: None,
+    };
+    write_random_task(dir, &spec, 384, 1536, 6).unwrap();
+    spec
+}
+
+/// Reference embeddings: (text, expected token count, embedding).
+pub fn reference() -> Vec<(String, usize, Vec<f32>)> {
+    let p = repo_root().join("inference-server/tests/fixtures/minilm_reference.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["text"].as_str().unwrap().to_string(),
+                c["tokens"].as_u64().unwrap() as usize,
+                c["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
