@@ -19,7 +19,8 @@ fn post_raw(body: &str) -> vsr_e2e::Reply {
 
 /// A valid auto request of exactly `size` bytes (the user text is padded).
 fn body_of_size(size: usize) -> String {
-    let shell = json!({"model": "MoM", "messages": [{"role": "user", "content": "integral "}]}).to_string();
+    let shell =
+        json!({"model": "MoM", "messages": [{"role": "user", "content": "integral "}]}).to_string();
     let pad = size - shell.len();
     let body = json!({"model": "MoM", "messages": [{"role": "user", "content": format!("integral {}", "x".repeat(pad))}]}).to_string();
     assert_eq!(body.len(), size);
@@ -38,14 +39,29 @@ fn malformed_bodies_are_400_with_a_code() {
     let cases = [
         ("{not json", "invalid_json"),
         ("[1, 2]", "invalid_type"),
-        (r#"{"messages": [{"role": "user", "content": "x"}]}"#, "missing_required_parameter"),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}]}"#,
+            "missing_required_parameter",
+        ),
         (r#"{"model": "MoM"}"#, "missing_required_parameter"),
         (r#"{"model": "MoM", "messages": []}"#, "empty_array"),
         (r#"{"model": "MoM", "messages": "hi"}"#, "invalid_type"),
-        (r#"{"model": 7, "messages": [{"role": "user", "content": "x"}]}"#, "invalid_type"),
-        (r#"{"model": "MoM", "messages": [{"role": "user", "content": 5}]}"#, "invalid_type"),
-        (r#"{"model": "MoM", "messages": [{"role": "robot", "content": "x"}]}"#, "invalid_value"),
-        (r#"{"model": "MoM", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}"#, "invalid_type"),
+        (
+            r#"{"model": 7, "messages": [{"role": "user", "content": "x"}]}"#,
+            "invalid_type",
+        ),
+        (
+            r#"{"model": "MoM", "messages": [{"role": "user", "content": 5}]}"#,
+            "invalid_type",
+        ),
+        (
+            r#"{"model": "MoM", "messages": [{"role": "robot", "content": "x"}]}"#,
+            "invalid_value",
+        ),
+        (
+            r#"{"model": "MoM", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}"#,
+            "invalid_type",
+        ),
         ("", "invalid_json"),
     ];
     for (body, code) in cases {
@@ -62,7 +78,8 @@ fn wrong_field_types_name_the_param() {
 
 #[test]
 fn unknown_explicit_model_is_404() {
-    let r = stack().chat(&json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}));
+    let r = stack()
+        .chat(&json!({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}));
     assert_eq!(r.error_code(404), "model_not_found");
     assert_eq!(r.json()["error"]["param"], "model");
     assert_still_routes();
@@ -94,7 +111,14 @@ fn over_the_limit_chunked_is_413() {
     let body = body_of_size(LIMIT + 1).into_bytes();
     let chunks = body
         .chunks(64 * 1024)
-        .map(|c| [format!("{:x}\r\n", c.len()).into_bytes(), c.to_vec(), b"\r\n".to_vec()].concat())
+        .map(|c| {
+            [
+                format!("{:x}\r\n", c.len()).into_bytes(),
+                c.to_vec(),
+                b"\r\n".to_vec(),
+            ]
+            .concat()
+        })
         .chain([b"0\r\n\r\n".to_vec()])
         .collect();
     let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: e2e\r\ncontent-type: application/json\r\ntransfer-encoding: chunked";

@@ -38,33 +38,62 @@ fn validate(text: &str) -> (bool, String, String) {
 fn envoy_validate(bootstrap: &Path, env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(paths::envoy())
         .envs(env.iter().copied())
-        .args(["--mode", "validate", "--disable-hot-restart", "--log-level", "error", "-c"])
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "--log-level",
+            "error",
+            "-c",
+        ])
         .arg(bootstrap)
         .output()
         .unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
 fn valid_config_reports_counts() {
     let (ok, out, err) = validate(VALID);
     assert!(ok, "{err}");
-    assert!(out.trim_end().ends_with("c.yaml: valid (1 decisions, 1 models)"), "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("c.yaml: valid (1 decisions, 1 models)"),
+        "{out}"
+    );
 }
 
 #[test]
 fn broken_configs_name_the_field() {
     let cases = [
-        ("unknown field", VALID.replace("rules:", "priorty: 2\n    rules:"), "decisions[0].priorty: unknown field `priorty`"),
+        (
+            "unknown field",
+            VALID.replace("rules:", "priorty: 2\n    rules:"),
+            "decisions[0].priorty: unknown field `priorty`",
+        ),
         (
             "dangling signal",
             VALID.replace("{type: keyword, name: k}", "{type: keyword, name: nope}"),
             "decisions[0].rules.conditions[0].name: unknown keyword signal 'nope'",
         ),
-        ("unknown model", VALID.replace("[{model: m}]", "[{model: ghost}]"), "decisions[0].modelRefs[0].model: unknown model 'ghost'"),
+        (
+            "unknown model",
+            VALID.replace("[{model: m}]", "[{model: ghost}]"),
+            "decisions[0].modelRefs[0].model: unknown model 'ghost'",
+        ),
         (
             "duplicate names",
-            VALID.replace("keywords: [word]}", "keywords: [word]}\n    - {name: k, operator: OR, keywords: [other]}"),
+            VALID.replace(
+                "keywords: [word]}",
+                "keywords: [word]}\n    - {name: k, operator: OR, keywords: [other]}",
+            ),
             "signals.keywords[1].name: duplicate name 'k'",
         ),
         (
@@ -72,23 +101,35 @@ fn broken_configs_name_the_field() {
             VALID.replace("keywords: [word]}", "keywords: ['a(b'], regex: true}"),
             "signals.keywords[0].keywords[0]: invalid regex",
         ),
-        ("empty modelRefs", VALID.replace("[{model: m}]", "[]"), "decisions[0].modelRefs: must list at least one model"),
+        (
+            "empty modelRefs",
+            VALID.replace("[{model: m}]", "[]"),
+            "decisions[0].modelRefs: must list at least one model",
+        ),
         (
             "unset env key",
-            VALID.replace("endpoints:", "access_key: '${VSR_E2E_SURELY_UNSET}', endpoints:"),
+            VALID.replace(
+                "endpoints:",
+                "access_key: '${VSR_E2E_SURELY_UNSET}', endpoints:",
+            ),
             "providers.models[0].access_key: environment variable VSR_E2E_SURELY_UNSET is not set",
         ),
     ];
     for (what, text, expected) in cases {
         let (ok, out, err) = validate(&text);
         assert!(!ok, "{what}: accepted\n{out}");
-        assert!(err.contains(&format!("c.yaml: {expected}")), "{what}: expected `{expected}` in\n{err}");
+        assert!(
+            err.contains(&format!("c.yaml: {expected}")),
+            "{what}: expected `{expected}` in\n{err}"
+        );
     }
 }
 
 #[test]
 fn every_error_is_reported_at_once() {
-    let text = VALID.replace("[{model: m}]", "[{model: ghost}]").replace("name: k, operator", "name: '', operator");
+    let text = VALID
+        .replace("[{model: m}]", "[{model: ghost}]")
+        .replace("name: k, operator", "name: '', operator");
     let (ok, _, err) = validate(&text);
     assert!(!ok);
     assert!(err.lines().count() >= 2, "{err}");
@@ -104,7 +145,11 @@ fn init_writes_a_valid_config_and_keeps_existing_files() {
     let (ok, _, err) = validate(&stdout);
     assert!(ok, "init output does not validate: {err}");
 
-    let path = dir.path().join("config.yaml").to_string_lossy().into_owned();
+    let path = dir
+        .path()
+        .join("config.yaml")
+        .to_string_lossy()
+        .into_owned();
     assert!(vsr(&["init", "--output", &path], &[]).0);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), stdout);
     std::fs::write(&path, "mine").unwrap();
@@ -118,7 +163,11 @@ fn init_writes_a_valid_config_and_keeps_existing_files() {
 #[test]
 fn render_refuses_invalid_configs() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "c.yaml", &VALID.replace("[{model: m}]", "[{model: ghost}]"));
+    let path = write(
+        dir.path(),
+        "c.yaml",
+        &VALID.replace("[{model: m}]", "[{model: ghost}]"),
+    );
     let (ok, out, err) = vsr_render(Path::new(&path), &paths::wasm(), 9901, &[]);
     assert!(!ok);
     assert!(out.is_empty(), "no bootstrap for an invalid config: {out}");
@@ -153,14 +202,28 @@ providers:
 "#;
     let dir = tempfile::tempdir().unwrap();
     let config = write(dir.path(), "tls.yaml", text);
-    let (ok, yaml, err) = vsr_render(Path::new(&config), &paths::wasm(), 9901, &[("VSR_E2E_REMOTE_KEY", secret)]);
+    let (ok, yaml, err) = vsr_render(
+        Path::new(&config),
+        &paths::wasm(),
+        9901,
+        &[("VSR_E2E_REMOTE_KEY", secret)],
+    );
     assert!(ok, "{err}");
-    assert!(!yaml.contains(secret), "the access key was written into the bootstrap");
-    assert!(yaml.contains("VSR_E2E_REMOTE_KEY"), "host_env_keys must name the variable");
+    assert!(
+        !yaml.contains(secret),
+        "the access key was written into the bootstrap"
+    );
+    assert!(
+        yaml.contains("VSR_E2E_REMOTE_KEY"),
+        "host_env_keys must name the variable"
+    );
     let bootstrap = write(dir.path(), "envoy.yaml", &yaml);
     // The filter reads the key from Envoy's environment (host_env_keys) when it loads.
     let (ok, log) = envoy_validate(Path::new(&bootstrap), &[]);
-    assert!(!ok && log.contains("VSR_E2E_REMOTE_KEY is not set"), "the filter must refuse a missing key:\n{log}");
+    assert!(
+        !ok && log.contains("VSR_E2E_REMOTE_KEY is not set"),
+        "the filter must refuse a missing key:\n{log}"
+    );
     let (ok, log) = envoy_validate(Path::new(&bootstrap), &[("VSR_E2E_REMOTE_KEY", secret)]);
     assert!(ok, "envoy rejected the rendered bootstrap:\n{log}");
 }
@@ -170,18 +233,32 @@ fn example_bootstrap_is_what_render_produces() {
     let dir = tempfile::tempdir().unwrap();
     let (_, default, _) = vsr(&["init"], &[]);
     let config = write(dir.path(), "default.yaml", &default);
-    let (ok, yaml, err) = vsr_render(Path::new(&config), Path::new("/etc/envoy/filter_wasm.wasm"), 9901, &[]);
+    let (ok, yaml, err) = vsr_render(
+        Path::new(&config),
+        Path::new("/etc/envoy/filter_wasm.wasm"),
+        9901,
+        &[],
+    );
     assert!(ok, "{err}");
     let example = std::fs::read_to_string(paths::root().join("envoy/envoy.yaml")).unwrap();
-    assert!(example == yaml, "envoy/envoy.yaml is stale; regenerate it as envoy/README.md says");
+    assert!(
+        example == yaml,
+        "envoy/envoy.yaml is stale; regenerate it as envoy/README.md says"
+    );
 }
 
 #[test]
 fn example_bootstrap_passes_envoy_validation() {
     // Point the example at the local build of the filter; everything else is as shipped.
     let example = std::fs::read_to_string(paths::root().join("envoy/envoy.yaml")).unwrap();
-    let local = example.replace("/etc/envoy/filter_wasm.wasm", &paths::wasm().to_string_lossy());
-    assert_ne!(local, example, "the example must load the filter from /etc/envoy/filter_wasm.wasm");
+    let local = example.replace(
+        "/etc/envoy/filter_wasm.wasm",
+        &paths::wasm().to_string_lossy(),
+    );
+    assert_ne!(
+        local, example,
+        "the example must load the filter from /etc/envoy/filter_wasm.wasm"
+    );
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = write(dir.path(), "envoy.yaml", &local);
     let (ok, log) = envoy_validate(Path::new(&bootstrap), &[]);

@@ -13,7 +13,12 @@ fn stack() -> &'static Stack {
 fn decision(text: &str) -> (String, String) {
     let r = stack().ask(text);
     let backend = r.echo()["backend"].as_str().unwrap().to_string();
-    (r.header("x-vsr-selected-decision").unwrap_or("-").to_string(), backend)
+    (
+        r.header("x-vsr-selected-decision")
+            .unwrap_or("-")
+            .to_string(),
+        backend,
+    )
 }
 
 #[test]
@@ -25,7 +30,10 @@ fn full_match_beats_higher_priority_partial_match() {
 #[test]
 fn equal_confidence_goes_to_the_first_decision_in_the_file() {
     // All three decisions are fully satisfied; narrow_too's priority 1000 does not count.
-    assert_eq!(decision("alpha beta gamma"), ("broad".into(), "broad".into()));
+    assert_eq!(
+        decision("alpha beta gamma"),
+        ("broad".into(), "broad".into())
+    );
 }
 
 #[test]

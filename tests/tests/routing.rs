@@ -11,12 +11,20 @@ const ENV_KEY: &str = "sk-from-env-e2e-456";
 
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
-    STACK.get_or_init(|| Stack::start(include_str!("../configs/routing.yaml"), &[("VSR_E2E_KEY", ENV_KEY)]))
+    STACK.get_or_init(|| {
+        Stack::start(
+            include_str!("../configs/routing.yaml"),
+            &[("VSR_E2E_KEY", ENV_KEY)],
+        )
+    })
 }
 
 /// The routing outcome a client sees in response headers.
 fn routed(r: &Reply) -> (Option<&str>, Option<&str>) {
-    (r.header("x-vsr-selected-model"), r.header("x-vsr-selected-decision"))
+    (
+        r.header("x-vsr-selected-model"),
+        r.header("x-vsr-selected-decision"),
+    )
 }
 
 fn messages(echo: &Value) -> &Value {
@@ -32,14 +40,21 @@ fn or_keyword_routes_math_with_reasoning_on_and_prompt_replaced() {
     assert_eq!(routed(&r), (Some("qwen3-8b"), Some("math")));
     assert_eq!(echo["backend"], "qwen");
     assert_eq!(echo["request"]["model"], "qwen3-8b");
-    assert_eq!(echo["request"]["chat_template_kwargs"], json!({"enable_thinking": true}));
+    assert_eq!(
+        echo["request"]["chat_template_kwargs"],
+        json!({"enable_thinking": true})
+    );
     assert_eq!(
         messages(&echo),
         &json!([{"role": "system", "content": "You are a math tutor."}, {"role": "user", "content": "What is the integral of x^2?"}])
     );
     assert_eq!(r.header("x-vsr-selected-reasoning"), Some("on"));
     assert_eq!(r.header("x-vsr-injected-system-prompt"), Some("true"));
-    let matched: BTreeSet<&str> = r.header("x-vsr-matched-keywords").unwrap().split(',').collect();
+    let matched: BTreeSet<&str> = r
+        .header("x-vsr-matched-keywords")
+        .unwrap()
+        .split(',')
+        .collect();
     assert_eq!(matched, BTreeSet::from(["math", "no_secrets"]));
     // The upstream sees the routing headers the filter set.
     assert_eq!(echo["headers"]["x-selected-model"], "qwen3-8b");
@@ -56,21 +71,33 @@ fn and_keyword_needs_every_word_and_insert_keeps_client_prompt() {
     let echo = r.echo();
     assert_eq!(routed(&r), (Some("gpt-oss-20b"), Some("security")));
     assert_eq!(echo["request"]["reasoning_effort"], "low");
-    assert_eq!(messages(&echo)[0], json!({"role": "system", "content": "Security review mode.\n\nBe brief."}));
+    assert_eq!(
+        messages(&echo)[0],
+        json!({"role": "system", "content": "Security review mode.\n\nBe brief."})
+    );
 
     let r = s.ask("a security review, please");
-    assert_eq!(routed(&r), (Some("plain-model"), None), "one of two AND keywords must not match");
+    assert_eq!(
+        routed(&r),
+        (Some("plain-model"), None),
+        "one of two AND keywords must not match"
+    );
 }
 
 #[test]
 fn nor_keyword_matches_only_without_the_words() {
     let s = stack();
-    let r = s.chat(&json!({"model": "MoM", "chat_template_kwargs": {"enable_thinking": true, "other": 1},
-        "messages": [{"role": "user", "content": "tell me a joke"}]}));
+    let r = s.chat(
+        &json!({"model": "MoM", "chat_template_kwargs": {"enable_thinking": true, "other": 1},
+        "messages": [{"role": "user", "content": "tell me a joke"}]}),
+    );
     let echo = r.echo();
     assert_eq!(routed(&r), (Some("qwen3-8b"), Some("jokes")));
     // Reasoning off is written into the client's kwargs, keeping its other keys.
-    assert_eq!(echo["request"]["chat_template_kwargs"], json!({"enable_thinking": false, "other": 1}));
+    assert_eq!(
+        echo["request"]["chat_template_kwargs"],
+        json!({"enable_thinking": false, "other": 1})
+    );
     assert_eq!(r.header("x-vsr-selected-reasoning"), Some("off"));
     assert_eq!(r.header("x-vsr-injected-system-prompt"), Some("false"));
 
@@ -86,11 +113,18 @@ fn case_sensitive_keyword_and_reasoning_effort_off() {
         "messages": [{"role": "user", "content": "write SQL for the users table"}]}));
     let echo = r.echo();
     assert_eq!(routed(&r), (Some("gpt-oss-20b"), Some("sql")));
-    assert!(echo["request"].get("reasoning_effort").is_none(), "reasoning off removes the effort: {echo}");
+    assert!(
+        echo["request"].get("reasoning_effort").is_none(),
+        "reasoning off removes the effort: {echo}"
+    );
     assert_eq!(r.header("x-vsr-selected-reasoning"), Some("off"));
 
     let r = s.ask("write sql for the users table");
-    assert_eq!(routed(&r), (Some("plain-model"), None), "lowercase must not match a case-sensitive rule");
+    assert_eq!(
+        routed(&r),
+        (Some("plain-model"), None),
+        "lowercase must not match a case-sensitive rule"
+    );
 }
 
 #[test]
@@ -119,13 +153,20 @@ fn explicit_model_body_is_forwarded_unchanged() {
     assert_eq!(echo["request"], body);
     assert_eq!(echo["backend"], "gptoss");
     assert_eq!(routed(&r), (Some("gpt-oss-20b"), None));
-    assert!(echo["headers"].get("x-route-tag").is_none(), "no decision plugins for explicit models");
+    assert!(
+        echo["headers"].get("x-route-tag").is_none(),
+        "no decision plugins for explicit models"
+    );
 }
 
 #[test]
 fn header_mutation_adds_updates_and_deletes() {
     let r = stack().chat_with(
-        &[("x-tenant", "client"), ("x-debug", "1"), ("x-route-tag", "from-client")],
+        &[
+            ("x-tenant", "client"),
+            ("x-debug", "1"),
+            ("x-route-tag", "from-client"),
+        ],
         &json!({"model": "MoM", "messages": [{"role": "user", "content": "urgent!"}]}),
     );
     let headers = &r.echo()["headers"];
@@ -138,26 +179,43 @@ fn header_mutation_adds_updates_and_deletes() {
 #[test]
 fn access_keys_are_injected_and_never_returned() {
     let s = stack();
-    for (model, key) in [("literal-key-model", "sk-literal-e2e-123"), ("env-key-model", ENV_KEY)] {
+    for (model, key) in [
+        ("literal-key-model", "sk-literal-e2e-123"),
+        ("env-key-model", ENV_KEY),
+    ] {
         let r = s.chat_with(
             &[("authorization", "Bearer client-key")],
             &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
         );
         let echo = r.echo();
-        assert_eq!(echo["headers"]["authorization"], format!("Bearer {key}"), "{model}");
+        assert_eq!(
+            echo["headers"]["authorization"],
+            format!("Bearer {key}"),
+            "{model}"
+        );
         for (name, value) in &r.headers {
-            assert!(!value.contains(key), "{model}: key leaked in response header {name}");
+            assert!(
+                !value.contains(key),
+                "{model}: key leaked in response header {name}"
+            );
         }
     }
     // A model without a key leaves the client's Authorization alone.
-    let r = s.chat_with(&[("authorization", "Bearer client-key")], &json!({"model": "plain-model", "messages": [{"role": "user", "content": "hi"}]}));
+    let r = s.chat_with(
+        &[("authorization", "Bearer client-key")],
+        &json!({"model": "plain-model", "messages": [{"role": "user", "content": "hi"}]}),
+    );
     assert_eq!(r.echo()["headers"]["authorization"], "Bearer client-key");
 }
 
 #[test]
 fn client_routing_headers_are_ignored() {
     let r = stack().chat_with(
-        &[("x-selected-model", "gpt-oss-20b"), ("x-vsr-selected-decision", "math"), ("x-gateway-model-name", "evil")],
+        &[
+            ("x-selected-model", "gpt-oss-20b"),
+            ("x-vsr-selected-decision", "math"),
+            ("x-gateway-model-name", "evil"),
+        ],
         &json!({"model": "MoM", "messages": [{"role": "user", "content": "hello there"}]}),
     );
     let echo = r.echo();
@@ -171,21 +229,47 @@ fn client_routing_headers_are_ignored() {
 fn models_endpoint_lists_auto_names_then_models() {
     let r = http::get(&stack().url("/v1/models"));
     assert_eq!(r.status, 200);
-    let ids: Vec<String> = r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
         ids,
-        ["MoM", "auto", "qwen3-8b", "gpt-oss-20b", "plain-model", "split-model", "prefixed-model", "literal-key-model", "env-key-model"]
+        [
+            "MoM",
+            "auto",
+            "qwen3-8b",
+            "gpt-oss-20b",
+            "plain-model",
+            "split-model",
+            "prefixed-model",
+            "literal-key-model",
+            "env-key-model"
+        ]
     );
-    assert!(r.header("x-mock-backend").is_none(), "answered by the filter, not a backend");
+    assert!(
+        r.header("x-mock-backend").is_none(),
+        "answered by the filter, not a backend"
+    );
 }
 
 #[test]
 fn streaming_passes_sse_through() {
     let r = stack().chat(&json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "derivative of sin"}]}));
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.header("content-type").is_some_and(|c| c.starts_with("text/event-stream")), "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "{r:?}"
+    );
     assert_eq!(routed(&r), (Some("qwen3-8b"), Some("math")));
-    let events: Vec<&str> = r.body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let events: Vec<&str> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
     assert_eq!(events.last(), Some(&"[DONE]"), "{}", r.body);
     let first: Value = serde_json::from_str(events[0]).unwrap();
     assert_eq!(first["object"], "chat.completion.chunk");
@@ -193,15 +277,27 @@ fn streaming_passes_sse_through() {
     assert_eq!(first["mock"]["request"]["model"], "qwen3-8b");
     let finish: Value = serde_json::from_str(events[events.len() - 2]).unwrap();
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-    assert!(events.len() >= 5, "role, content chunks, finish, [DONE]: {events:?}");
+    assert!(
+        events.len() >= 5,
+        "role, content chunks, finish, [DONE]: {events:?}"
+    );
 }
 
 #[test]
 fn weighted_endpoints_share_the_traffic() {
     let s = stack();
-    let backends: BTreeSet<String> =
-        (0..40).map(|_| s.ask("check my balance").echo()["backend"].as_str().unwrap().to_string()).collect();
-    assert_eq!(backends, BTreeSet::from(["split-a".to_string(), "split-b".to_string()]));
+    let backends: BTreeSet<String> = (0..40)
+        .map(|_| {
+            s.ask("check my balance").echo()["backend"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        backends,
+        BTreeSet::from(["split-a".to_string(), "split-b".to_string()])
+    );
 }
 
 #[test]
