@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 /// A port nothing listens on right now (the OS picks it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
 }
 
 /// Polls `ready` every 50 ms until it returns true or `timeout` passes.

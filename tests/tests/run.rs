@@ -76,3 +76,44 @@ fn run_serves_with_mock_backends_and_stops_on_sigterm() {
     });
     assert!(admin_closed, "envoy is still running after vsr run exited");
 }
+
+#[test]
+fn run_fails_with_envoy_log_when_envoy_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hold the listener's port so Envoy cannot bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (config, _) = instantiate(include_str!("../configs/basic.yaml"), port);
+    let config_path = dir.path().join("busy.yaml");
+    std::fs::write(&config_path, &config).unwrap();
+    let out = std::process::Command::new(paths::vsr())
+        .args([
+            "run",
+            "--config",
+            &config_path.to_string_lossy(),
+            "--ready-timeout",
+            "30",
+        ])
+        .args([
+            "--admin-port",
+            &free_port().to_string(),
+            "--envoy",
+            &paths::envoy().to_string_lossy(),
+        ])
+        .args(["--wasm", &paths::wasm().to_string_lossy()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "vsr run must fail when envoy dies\n{stderr}"
+    );
+    assert!(
+        stderr.contains("envoy exited during startup") && stderr.contains("last log lines"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&port.to_string()),
+        "the log tail should name the busy address:\n{stderr}"
+    );
+}
