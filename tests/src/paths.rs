@@ -21,11 +21,7 @@ pub fn vsr() -> PathBuf {
     artifact(
         "VSR_BIN",
         &["target/debug/vsr", "target/release/vsr"],
-        &[
-            "inference-server/src",
-            "inference-server/Cargo.toml",
-            "filter-wasm/core/src",
-        ],
+        &["inference-server/src", "filter-wasm/core/src"],
     )
 }
 
@@ -34,11 +30,7 @@ pub fn wasm() -> PathBuf {
     artifact(
         "VSR_WASM",
         &["target/wasm32-wasip1/wasm/filter_wasm.wasm"],
-        &[
-            "filter-wasm/src",
-            "filter-wasm/Cargo.toml",
-            "filter-wasm/core/src",
-        ],
+        &["filter-wasm/src", "filter-wasm/core/src"],
     )
 }
 
@@ -81,7 +73,9 @@ fn modified(p: &Path) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// The most recently modified source file under `sources` (skipping `src/bin/`).
+/// The most recently modified source file under `sources` (skipping `src/bin/`). Only
+/// sources: Cargo relinks on every source change, but not on a manifest edit that changes
+/// nothing it builds.
 fn newest_source(root: &Path, sources: &[&str]) -> Option<(SystemTime, PathBuf)> {
     let mut stack: Vec<PathBuf> = sources.iter().map(|s| root.join(s)).collect();
     let mut newest: Option<(SystemTime, PathBuf)> = None;
@@ -97,10 +91,7 @@ fn newest_source(root: &Path, sources: &[&str]) -> Option<(SystemTime, PathBuf)>
                     .flatten()
                     .map(|e| e.path()),
             );
-        } else if p
-            .extension()
-            .is_some_and(|e| e == "rs" || e == "toml" || e == "yaml")
-        {
+        } else if p.extension().is_some_and(|e| e == "rs" || e == "yaml") {
             let t = modified(&p);
             if newest.as_ref().is_none_or(|(n, _)| t > *n) {
                 newest = Some((t, p));
