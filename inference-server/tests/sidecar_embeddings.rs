@@ -1,6 +1,8 @@
 //! Embeddings match sentence-transformers (fixture) to 1e-5, over gRPC and
 //! HTTP, alone and batched (padding must not change results).
 
+#![allow(clippy::unwrap_used)]
+
 mod sidecar_common;
 
 use sidecar_common::*;
@@ -60,7 +62,7 @@ async fn http_embeddings_openai_format() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(config(dir.path())).await;
     let refs = reference();
-    let http = reqwest_like::post_json(
+    let http = http_client::post_json(
         s.http_addr,
         "/v1/embeddings",
         &serde_json::json!({"model": "m", "input": [refs[0].0, refs[1].0]}),
@@ -87,7 +89,7 @@ async fn http_embeddings_openai_format() {
         refs[0].1 + refs[1].1
     );
     // A single string works too.
-    let one = reqwest_like::post_json(
+    let one = http_client::post_json(
         s.http_addr,
         "/v1/embeddings",
         &serde_json::json!({"input": refs[2].0}),
@@ -114,57 +116,4 @@ async fn long_text_is_truncated_and_says_so() {
     assert!(input.truncated);
     assert_eq!(input.tokens, 512);
     s.shutdown().await.unwrap();
-}
-
-/// A minimal HTTP/1.1 client over hyper (no extra dependency).
-pub mod reqwest_like {
-    use std::net::SocketAddr;
-
-    pub async fn post_json(
-        addr: SocketAddr,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> (u16, String) {
-        request(addr, "POST", path, Some(body.to_string())).await
-    }
-
-    pub async fn request(
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-    ) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let body = body.unwrap_or_default();
-        let req = format!("{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf).to_string();
-        let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        (status, body)
-    }
-
-    fn dechunk(mut s: &str) -> String {
-        let mut out = String::new();
-        while let Some((len, rest)) = s.split_once("\r\n") {
-            let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&rest[..n]);
-            s = &rest[n + 2..];
-        }
-        out
-    }
 }

@@ -278,10 +278,17 @@ impl CandleBackend {
                     bias.index_select(&idx, 0)?,
                 )
             };
+            // A CLS-pooled head only reads position 0 of the last layer.
+            let cls_only = !branch.kind.per_token() && branch.pooling == Pooling::Cls;
+            let last = branch.adapters.len().saturating_sub(1);
             for (k, adapter) in branch.adapters.iter().enumerate() {
-                h = self
-                    .model
-                    .layer(branch.first_layer + k, &h, &b, Some(adapter), self.mode)?;
+                let index = branch.first_layer + k;
+                h = if cls_only && k == last {
+                    self.model
+                        .layer_cls(index, &h, &b, Some(adapter), self.mode)?
+                } else {
+                    self.model.layer(index, &h, &b, Some(adapter), self.mode)?
+                };
             }
             if branch.kind.per_token() {
                 let logits = branch.head.forward(&h)?; // [r, s, labels]

@@ -211,6 +211,10 @@ fn linear(x: &Tensor, l: &Linear, lora: Option<&Lora>) -> Result<Tensor> {
 pub struct BertLayer {
     /// Query, key and value fused into one `[3h, h]` projection.
     qkv: Linear,
+    /// The query part alone and the key+value part alone (for
+    /// [`BertLayer::forward_cls`], which needs queries for one position).
+    q: Linear,
+    kv: Linear,
     attention_output: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -241,7 +245,17 @@ impl BertLayer {
             0,
         )?;
         let lin = |vb: VarBuilder, inn: usize, out: usize| candle_nn::linear(inn, out, vb);
+        let q = Linear::new(
+            w.narrow(0, 0, h)?.contiguous()?,
+            Some(b.narrow(0, 0, h)?.contiguous()?),
+        );
+        let kv = Linear::new(
+            w.narrow(0, h, 2 * h)?.contiguous()?,
+            Some(b.narrow(0, h, 2 * h)?.contiguous()?),
+        );
         Ok(Self {
+            q,
+            kv,
             qkv: Linear::new(w, Some(b)),
             attention_output: lin(vb.pp("attention.output.dense"), h, h)?,
             attention_norm: LayerNorm::load(
@@ -266,14 +280,54 @@ impl BertLayer {
         adapter: Option<&LayerAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
+        let h = x.dim(2)?;
         let qkv = self.qkv.forward(x)?;
-        let mut q = qkv.narrow(D::Minus1, 0, h)?;
-        let mut k = qkv.narrow(D::Minus1, h, h)?;
-        let mut v = qkv.narrow(D::Minus1, 2 * h, h)?;
+        let q = qkv.narrow(D::Minus1, 0, h)?;
+        let k = qkv.narrow(D::Minus1, h, h)?;
+        let v = qkv.narrow(D::Minus1, 2 * h, h)?;
+        self.finish(x, x, q, k, v, mask_bias, adapter, mode)
+    }
+
+    /// The layer's output for the first (`[CLS]`) position only:
+    /// `[b, s, h]` → `[b, 1, h]`. Keys and values still cover every token,
+    /// so the `[CLS]` row equals that of [`BertLayer::forward`]; queries,
+    /// attention output and the feed-forward block run for one row, which
+    /// makes a CLS-pooled top layer about six times cheaper.
+    pub fn forward_cls(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let h = x.dim(2)?;
+        let x_cls = x.narrow(1, 0, 1)?.contiguous()?;
+        let q = self.q.forward(&x_cls)?;
+        let kv = self.kv.forward(x)?;
+        let k = kv.narrow(D::Minus1, 0, h)?;
+        let v = kv.narrow(D::Minus1, h, h)?;
+        self.finish(&x_cls, x, q, k, v, mask_bias, adapter, mode)
+    }
+
+    /// Attention and feed-forward given projections. `xq`: the rows queries
+    /// come from `[b, sq, h]`; `x`: every row `[b, s, h]`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        xq: &Tensor,
+        x: &Tensor,
+        mut q: Tensor,
+        mut k: Tensor,
+        mut v: Tensor,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let sq = xq.dim(1)?;
         if let Some(a) = adapter {
             if let Some(l) = &a.query {
-                q = (q + l.delta(x)?)?;
+                q = (q + l.delta(xq)?)?;
             }
             if let Some(l) = &a.key {
                 k = (k + l.delta(x)?)?;
@@ -282,22 +336,22 @@ impl BertLayer {
                 v = (v + l.delta(x)?)?;
             }
         }
-        let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, s, self.heads, self.head_dim))?
+        let split = |t: Tensor, len: usize| -> Result<Tensor> {
+            t.reshape((b, len, self.heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+        let (q, k, v) = (split(q, sq)?, split(k, s)?, split(v, s)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
         let probs = softmax(&scores, mode)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, sq, h))?;
         let attn = linear(
             &ctx,
             &self.attention_output,
             adapter.and_then(|a| a.attention_output.as_ref()),
         )?;
-        let x = self.attention_norm.forward(&(attn + x)?, mode)?;
+        let x = self.attention_norm.forward(&(attn + xq)?, mode)?;
         let inter = linear(
             &x,
             &self.intermediate,
@@ -335,7 +389,10 @@ impl BertModel {
                 config.hidden_act
             );
         }
-        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+        if !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+        {
             candle_core::bail!("hidden_size is not a multiple of num_attention_heads");
         }
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
@@ -406,6 +463,22 @@ impl BertModel {
     ) -> Result<Tensor> {
         match self.layers.get(index) {
             Some(l) => l.forward(x, mask_bias, adapter, mode),
+            None => candle_core::bail!("layer {index} out of range"),
+        }
+    }
+
+    /// Runs layer `index` for the `[CLS]` position only (see
+    /// [`BertLayer::forward_cls`]): `[b, s, h]` → `[b, 1, h]`.
+    pub fn layer_cls(
+        &self,
+        index: usize,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        match self.layers.get(index) {
+            Some(l) => l.forward_cls(x, mask_bias, adapter, mode),
             None => candle_core::bail!("layer {index} out of range"),
         }
     }
