@@ -28,10 +28,12 @@ fn warn_on_err<T>(what: &str, r: Result<T, proxy_wasm::types::Status>) -> Option
 }
 
 impl HttpHost for ProxyWasmHost {
-    fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+    fn request_headers(&self) -> Vec<(String, String)> {
+        warn_on_err(
+            "request_headers",
+            hostcalls::get_map(MapType::HttpRequestHeaders),
+        )
+        .unwrap_or_default()
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {

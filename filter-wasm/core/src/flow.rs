@@ -9,7 +9,8 @@ use crate::router::{HeaderOp, Router, ROUTING_HEADERS};
 /// What the filter asks of its host. Errors from the host are the adapter's business:
 /// a missing header or body reads as `None`.
 pub trait HttpHost {
-    fn request_header(&self, name: &str) -> Option<String>;
+    /// Every request header in one host call (names lower-case, as HTTP/2 and Envoy have them).
+    fn request_headers(&self) -> Vec<(String, String)>;
     /// Sets (replacing) or, with `None`, removes a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     fn add_request_header(&mut self, name: &str, value: &str);
@@ -34,8 +35,8 @@ enum State {
     /// Not a request the router handles: pass everything through.
     #[default]
     PassThrough,
-    /// A chat completion whose body is being buffered.
-    BufferingChat,
+    /// A chat completion whose body is being buffered, with the client's headers.
+    BufferingChat(Vec<(String, String)>),
     /// Routed; these headers go on a 2xx response.
     Routed(Vec<(&'static str, String)>),
     /// Answered locally.
@@ -49,6 +50,13 @@ pub struct RequestFlow {
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 impl RequestFlow {
     pub fn new(router: Rc<Router>) -> Self {
         RequestFlow {
@@ -58,30 +66,26 @@ impl RequestFlow {
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn HttpHost, end_of_stream: bool) -> Action {
-        // Route selection is the router's: drop whatever a client sent in its headers.
-        for h in ROUTING_HEADERS {
-            if host.request_header(h).is_some() {
-                host.set_request_header(h, None);
-            }
-        }
-        let method = host.request_header(":method").unwrap_or_default();
-        let path = host.request_header(":path").unwrap_or_default();
+        // One host call for all headers: every crossing into or out of the VM costs about
+        // as much as a whole keyword scan.
+        let headers = host.request_headers();
+        let path = header(&headers, ":path").unwrap_or_default();
         let path = path
             .split('?')
             .next()
             .unwrap_or_default()
             .trim_end_matches('/');
+        let method = header(&headers, ":method").unwrap_or_default();
 
-        match (method.as_str(), path) {
+        match (method, path) {
             ("GET", "/v1/models") => {
                 let body = self.router.models_json().to_string();
                 self.reply(host, 200, body.as_bytes());
                 Action::Pause
             }
             ("POST", "/v1/chat/completions") => {
-                let declared = host
-                    .request_header("content-length")
-                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let declared =
+                    header(&headers, "content-length").and_then(|v| v.trim().parse::<usize>().ok());
                 if declared.is_some_and(|n| n > self.router.max_body_bytes()) {
                     return self.error(host, &ApiError::too_large(self.router.max_body_bytes()));
                 }
@@ -91,10 +95,20 @@ impl RequestFlow {
                         &ApiError::invalid_request("request body is empty", None, "invalid_json"),
                     );
                 }
-                self.state = State::BufferingChat;
+                self.state = State::BufferingChat(headers);
                 Action::Pause
             }
-            _ => Action::Continue,
+            _ => {
+                // Route selection is the router's: a client must not pick a route by header.
+                // (Routed chat requests get these overwritten in the body phase instead, which
+                // spares a hostcall per header on the hot path.)
+                for h in ROUTING_HEADERS {
+                    if header(&headers, h).is_some() {
+                        host.set_request_header(h, None);
+                    }
+                }
+                Action::Continue
+            }
         }
     }
 
@@ -104,9 +118,9 @@ impl RequestFlow {
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
-        if self.state != State::BufferingChat {
+        let State::BufferingChat(client_headers) = &self.state else {
             return Action::Continue;
-        }
+        };
         if body_size > self.router.max_body_bytes() {
             return self.error(host, &ApiError::too_large(self.router.max_body_bytes()));
         }
@@ -122,16 +136,15 @@ impl RequestFlow {
         match self.router.route_chat(&body) {
             Err(e) => self.error(host, &e),
             Ok(plan) => {
-                host.log_debug(&format!(
-                    "routed to model={} decision={}",
-                    plan.model,
-                    plan.decision.as_deref().unwrap_or("-")
-                ));
                 for op in &plan.request_headers {
                     match op {
                         HeaderOp::Set(n, v) => host.set_request_header(n, Some(v)),
                         HeaderOp::Add(n, v) => host.add_request_header(n, v),
-                        HeaderOp::Remove(n) => host.set_request_header(n, None),
+                        // Removing what the client never sent would be a wasted host call.
+                        HeaderOp::Remove(n) if header(client_headers, n).is_some() => {
+                            host.set_request_header(n, None)
+                        }
+                        HeaderOp::Remove(_) => {}
                     }
                 }
                 if let Some(new_body) = &plan.body {

@@ -15,6 +15,7 @@ use crate::signals::keyword::KeywordMatcher;
 use crate::signals::SignalSet;
 
 /// Request headers the router owns: a client must not be able to pick a route by sending them.
+/// Every routed request sets or removes each of them.
 pub const ROUTING_HEADERS: [&str; 3] = [
     "x-selected-model",
     "x-vsr-selected-decision",
@@ -248,9 +249,15 @@ impl Router {
             .get(model_name)
             .ok_or_else(|| ApiError::model_not_found(model_name))?;
 
+        // Every routing header is set or removed, so whatever the client sent is gone.
+        let decision_header = match decision.filter(|_| auto) {
+            Some(d) => HeaderOp::Set(SELECTED_DECISION.into(), d.name.clone()),
+            None => HeaderOp::Remove(SELECTED_DECISION.into()),
+        };
         let mut request_headers = vec![
             HeaderOp::Set(SELECTED_MODEL.into(), model_name.into()),
             HeaderOp::Set(GATEWAY_MODEL_NAME.into(), model_name.into()),
+            decision_header,
         ];
         if let Some(auth) = &model.authorization {
             request_headers.push(HeaderOp::Set(AUTHORIZATION.into(), auth.clone()));
@@ -306,7 +313,6 @@ impl Router {
         ));
 
         if let Some(d) = decision {
-            request_headers.push(HeaderOp::Set(SELECTED_DECISION.into(), d.name.clone()));
             response_headers.push((RESP_SELECTED_DECISION, d.name.clone()));
             if let Some(sp) = &d.system_prompt {
                 edits.system_prompt = Some((&sp.system_prompt, sp.mode));

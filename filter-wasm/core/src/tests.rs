@@ -48,8 +48,8 @@ impl FakeHost {
 }
 
 impl HttpHost for FakeHost {
-    fn request_header(&self, name: &str) -> Option<String> {
-        self.header(name).map(str::to_string)
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.request.clone()
     }
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         self.request.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
@@ -248,12 +248,17 @@ fn explicit_model_keeps_the_body_and_ignores_client_routing_headers() {
     let body = chat("gpt", "integral of x");
     let (host, action) = post(
         &body,
-        &[("x-selected-model", "qwen"), ("content-length", "99")],
+        &[
+            ("x-selected-model", "qwen"),
+            ("x-vsr-selected-decision", "evil"),
+            ("content-length", "99"),
+        ],
     );
     assert_eq!(action, Action::Continue);
     assert_eq!(host.body, body.as_bytes(), "body untouched");
     assert_eq!(host.header("content-length"), Some("99"));
     assert_eq!(host.header("x-selected-model"), Some("gpt"));
+    assert_eq!(host.header("x-vsr-selected-decision"), None);
     assert_eq!(
         response_headers(&host)["x-vsr-matched-keywords"],
         "math",
@@ -298,11 +303,25 @@ fn models_are_listed() {
 
 #[test]
 fn other_paths_pass_through() {
-    let mut host = FakeHost::request("POST", "/v1/embeddings", &[], "{}");
+    let mut host = FakeHost::request(
+        "POST",
+        "/v1/embeddings",
+        &[
+            ("x-selected-model", "qwen"),
+            ("X-Gateway-Model-Name", "qwen"),
+        ],
+        "{}",
+    );
     let mut flow = RequestFlow::new(router());
     assert_eq!(flow.on_request_headers(&mut host, false), Action::Continue);
     assert_eq!(flow.on_request_body(&mut host, 2, true), Action::Continue);
     assert!(host.reply.is_none());
+    assert_eq!(
+        host.header("x-selected-model"),
+        None,
+        "client routing headers are stripped"
+    );
+    assert_eq!(host.header("x-gateway-model-name"), None);
 }
 
 #[test]

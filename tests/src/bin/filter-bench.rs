@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -79,7 +80,8 @@ fn bench_config(mock_port: u16, listen_port: u16) -> String {
 }
 
 /// A ~30-token prompt that matches one rule, so the filter does the full rewrite.
-const BODY: &str = r#"{"model":"MoM","messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Can you explain how to solve this quadratic equation step by step and check the roots against the original equation please?"}],"temperature":0.2,"max_tokens":64}"#;
+/// `MODEL` is replaced by `--model` (default `MoM`).
+const BODY: &str = r#"{"model":"MODEL","messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Can you explain how to solve this quadratic equation step by step and check the roots against the original equation please?"}],"temperature":0.2,"max_tokens":64}"#;
 
 struct Proc(Child);
 impl Drop for Proc {
@@ -126,18 +128,23 @@ fn wait_for_port(port: u16) -> Result<()> {
 /// One keep-alive HTTP/1.1 connection.
 struct Conn {
     reader: BufReader<TcpStream>,
-    request: Vec<u8>,
+    request: Arc<Vec<u8>>,
+}
+
+/// The request bytes every client sends.
+fn request_bytes(path: &str, model: &str) -> Vec<u8> {
+    let body = BODY.replace("MODEL", model);
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 impl Conn {
-    fn new(port: u16) -> Result<Self> {
+    fn new(port: u16, request: Arc<Vec<u8>>) -> Result<Self> {
         let s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_nodelay(true)?;
-        let request = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
-            BODY.len()
-        )
-        .into_bytes();
         Ok(Conn {
             reader: BufReader::new(s),
             request,
@@ -192,16 +199,37 @@ impl Conn {
 struct Sample {
     latencies_us: Vec<u64>,
     seconds: f64,
+    /// CPU seconds Envoy spent during the sample: less sensitive to other load than latency.
+    envoy_cpu: f64,
+}
+
+/// User + system CPU seconds of a process so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).context("no utime")?.parse::<f64>()?
+        + fields.get(12).context("no stime")?.parse::<f64>()?;
+    Ok(ticks / 100.0)
 }
 
 /// `clients` threads, each on its own connection, for `seconds`.
-fn load(port: u16, clients: usize, seconds: f64) -> Result<Sample> {
+fn load(
+    port: u16,
+    clients: usize,
+    seconds: f64,
+    request: &Arc<Vec<u8>>,
+    envoy: u32,
+) -> Result<Sample> {
+    let cpu_before = cpu_seconds(envoy)?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|_| {
+            let request = request.clone();
             std::thread::spawn(move || -> Result<Vec<u64>> {
-                let mut conn = Conn::new(port)?;
+                let mut conn = Conn::new(port, request)?;
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
@@ -223,6 +251,7 @@ fn load(port: u16, clients: usize, seconds: f64) -> Result<Sample> {
         );
     }
     s.seconds = start.elapsed().as_secs_f64();
+    s.envoy_cpu = cpu_seconds(envoy)? - cpu_before;
     Ok(s)
 }
 
@@ -235,6 +264,7 @@ struct Summary {
     p50_ms: f64,
     p99_ms: f64,
     rps: f64,
+    cpu_us_per_request: f64,
 }
 
 fn summarise(samples: &[Sample]) -> Summary {
@@ -244,10 +274,12 @@ fn summarise(samples: &[Sample]) -> Summary {
         .collect();
     all.sort_unstable();
     let secs: f64 = samples.iter().map(|s| s.seconds).sum();
+    let cpu: f64 = samples.iter().map(|s| s.envoy_cpu).sum();
     Summary {
         p50_ms: pct(&all, 0.5),
         p99_ms: pct(&all, 0.99),
         rps: all.len() as f64 / secs,
+        cpu_us_per_request: cpu * 1e6 / all.len() as f64,
     }
 }
 
@@ -263,6 +295,19 @@ fn main() -> Result<()> {
     let seconds = arg("--seconds", 3.0);
     let rounds = arg("--rounds", 4.0) as usize;
     let concurrency = arg("--envoy-concurrency", 2.0) as usize;
+    let text = |name: &str, default: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or(default.to_string())
+    };
+    // `--path /x/v1/chat/completions` measures the filter's pass-through cost (no buffering),
+    // `--model model-a` an explicit model (buffer + parse, body untouched).
+    let request = Arc::new(request_bytes(
+        &text("--path", "/v1/chat/completions"),
+        &text("--model", "MoM"),
+    ));
 
     let root = root();
     let vsr = find(
@@ -314,7 +359,7 @@ fn main() -> Result<()> {
     let bootstrap = with_baseline_listener(&String::from_utf8(rendered.stdout)?, baseline)?;
     let boot_path = work.join("envoy.yaml");
     std::fs::write(&boot_path, bootstrap)?;
-    let _envoy = Proc(
+    let envoy_proc = Proc(
         Command::new(&envoy)
             .arg("-c")
             .arg(&boot_path)
@@ -330,34 +375,35 @@ fn main() -> Result<()> {
             .spawn()
             .context("starting envoy")?,
     );
+    let pid = envoy_proc.0.id();
     for p in [mock_port, filtered, baseline] {
         wait_for_port(p)?;
     }
     // Warm both paths (V8 compiles the module lazily per worker).
-    load(filtered, 4, 1.0)?;
-    load(baseline, 4, 1.0)?;
+    load(filtered, 4, 1.0, &request, pid)?;
+    load(baseline, 4, 1.0, &request, pid)?;
 
     println!("filter-bench: {rounds} interleaved rounds x {seconds}s per side, envoy --concurrency {concurrency}");
-    println!("| clients | side | p50 ms | p99 ms | req/s |");
-    println!("|---|---|---|---|---|");
+    println!("| clients | side | p50 ms | p99 ms | req/s | Envoy CPU µs/request |");
+    println!("|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for clients in [1usize, 32] {
         let (mut with, mut without) = (Vec::new(), Vec::new());
         for r in 0..rounds {
             // Alternate which side goes first so drift hits both equally.
             if r % 2 == 0 {
-                with.push(load(filtered, clients, seconds)?);
-                without.push(load(baseline, clients, seconds)?);
+                with.push(load(filtered, clients, seconds, &request, pid)?);
+                without.push(load(baseline, clients, seconds, &request, pid)?);
             } else {
-                without.push(load(baseline, clients, seconds)?);
-                with.push(load(filtered, clients, seconds)?);
+                without.push(load(baseline, clients, seconds, &request, pid)?);
+                with.push(load(filtered, clients, seconds, &request, pid)?);
             }
         }
         let (w, b) = (summarise(&with), summarise(&without));
         for (side, s) in [("envoy + filter", &w), ("envoy alone", &b)] {
             println!(
-                "| {clients} | {side} | {:.3} | {:.3} | {:.0} |",
-                s.p50_ms, s.p99_ms, s.rps
+                "| {clients} | {side} | {:.3} | {:.3} | {:.0} | {:.1} |",
+                s.p50_ms, s.p99_ms, s.rps, s.cpu_us_per_request
             );
         }
         ratios.push((
