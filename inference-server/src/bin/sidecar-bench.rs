@@ -3,6 +3,7 @@
 //! ```text
 //! sidecar-bench prompts                 # the benchmark prompts as JSON (for the Python side)
 //! sidecar-bench flops                   # peak f32 matmul GFLOP/s through candle
+//! sidecar-bench forward                # embedding-only forward pass: ms and GFLOP/s
 //! sidecar-bench multitask               # cost(5 tasks + embedding) / cost(embedding)
 //! sidecar-bench grpc                    # embeddings/s, p50/p99: batch 1/8/32, 1/8/32 clients
 //! ```
@@ -111,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         }
         "flops" => flops(),
         "multitask" => multitask(),
+        "forward" => forward(),
         "grpc" => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .enable_all()
@@ -195,6 +197,49 @@ fn time_pair(
         tb = tb.min(t.elapsed().as_secs_f64());
     }
     Ok((ta, tb))
+}
+
+/// Matmul FLOPs of one MiniLM-L6 (h 384, ffn 1536, 6 layers) forward pass
+/// over `rows` rows of `len` tokens: projections + FFN + attention.
+fn encoder_flops(rows: usize, len: usize) -> f64 {
+    let (h, i, l) = (384.0, 1536.0, 6.0);
+    let t = (rows * len) as f64;
+    l * (2.0 * t * (4.0 * h * h + 2.0 * h * i) + 4.0 * rows as f64 * (len * len) as f64 * h)
+}
+
+/// Embedding-only forward pass of the candle backend, fastest of N.
+fn forward() -> anyhow::Result<()> {
+    let base = base_dir();
+    let tok = Tokenization::load(&base.join("tokenizer.json"), 512)?;
+    let backend = CandleBackend::load(&base, &[], Device::Cpu)?;
+    println!("| prompt | batch | forward ms (min) | GFLOP/s |");
+    println!("|---|---:|---:|---:|");
+    for (pname, texts) in [("~30 tok", prompts(30, 32)), ("~128 tok", prompts(128, 32))] {
+        for bs in [1usize, 8, 32] {
+            let encs: Vec<_> = texts[..bs]
+                .iter()
+                .map(|t| tok.encode(t))
+                .collect::<Result<_, _>>()?;
+            let batch = Batch::from_rows(encs.iter().map(|e| {
+                (
+                    &e.ids[..],
+                    &e.type_ids[..],
+                    Wants {
+                        embedding: true,
+                        tasks: vec![],
+                    },
+                )
+            }));
+            let reps = if bs == 32 { 5 } else { 20 };
+            let (t, _) = time_pair(&backend, &batch, &batch, reps)?;
+            println!(
+                "| {pname} | {bs} | {:.2} | {:.1} |",
+                t * 1e3,
+                encoder_flops(bs, batch.max_len) / t / 1e9
+            );
+        }
+    }
+    Ok(())
 }
 
 fn multitask() -> anyhow::Result<()> {
@@ -285,6 +330,18 @@ fn multitask() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Median server-side queue and inference times (ms) from response timing.
+fn server_p50(t: &[pb::Timing]) -> (f64, f64) {
+    let med = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0) as f64 / 1e3
+    };
+    (
+        med(t.iter().map(|x| x.queue_us).collect()),
+        med(t.iter().map(|x| x.inference_us).collect()),
+    )
+}
+
 async fn grpc() -> anyhow::Result<()> {
     let empty = std::env::temp_dir().join(format!("vsr-bench-empty-{}", std::process::id()));
     std::fs::create_dir_all(&empty)?;
@@ -299,8 +356,8 @@ async fn grpc() -> anyhow::Result<()> {
     let client = InferenceClient::connect(format!("http://{}", sidecar.grpc_addr))
         .await
         .context("connect")?;
-    println!("| prompt | mode | embeddings/s | p50 ms | p99 ms | requests |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("| prompt | mode | embeddings/s | p50 ms | p99 ms | server queue p50 ms | server inference p50 ms | requests |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for (pname, texts) in [("~30 tok", prompts(30, 64)), ("~128 tok", prompts(128, 64))] {
         // Client-side batches, one client.
         for bs in [1usize, 8, 32] {
@@ -313,16 +370,19 @@ async fn grpc() -> anyhow::Result<()> {
             };
             c.embed(req(0)).await?;
             let mut lat = Vec::with_capacity(reps);
+            let mut srv = Vec::with_capacity(reps);
             let t = Instant::now();
             for i in 0..reps {
                 let t0 = Instant::now();
-                c.embed(req(i)).await?;
+                let r = c.embed(req(i)).await?.into_inner();
                 lat.push(t0.elapsed());
+                srv.push(r.timing.unwrap_or_default());
             }
             let total = t.elapsed().as_secs_f64();
             lat.sort();
+            let (q, inf) = server_p50(&srv);
             println!(
-                "| {pname} | batch {bs}, 1 client | {:.1} | {:.2} | {:.2} | {reps} |",
+                "| {pname} | batch {bs}, 1 client | {:.1} | {:.2} | {:.2} | {q:.2} | {inf:.2} | {reps} |",
                 (reps * bs) as f64 / total,
                 pct(&lat, 0.5),
                 pct(&lat, 0.99)
@@ -338,26 +398,34 @@ async fn grpc() -> anyhow::Result<()> {
                 let texts = texts.clone();
                 handles.push(tokio::spawn(async move {
                     let mut lat = Vec::new();
+                    let mut srv = Vec::new();
                     let mut i = k;
                     while t.elapsed() < window {
                         let t0 = Instant::now();
-                        c.embed(pb::EmbedRequest {
-                            texts: vec![texts[i % texts.len()].clone()],
-                        })
-                        .await?;
+                        let r = c
+                            .embed(pb::EmbedRequest {
+                                texts: vec![texts[i % texts.len()].clone()],
+                            })
+                            .await?
+                            .into_inner();
                         lat.push(t0.elapsed());
+                        srv.push(r.timing.unwrap_or_default());
                         i += clients;
                     }
-                    Ok::<_, tonic::Status>(lat)
+                    Ok::<_, tonic::Status>((lat, srv))
                 }));
             }
             let mut lat = Vec::new();
+            let mut srv = Vec::new();
             for h in handles {
-                lat.extend(h.await??);
+                let (l, s) = h.await??;
+                lat.extend(l);
+                srv.extend(s);
             }
             let total = t.elapsed().as_secs_f64();
             lat.sort();
-            println!("| {pname} | {clients} concurrent clients, 1 text each | {:.1} | {:.2} | {:.2} | {} |", lat.len() as f64 / total, pct(&lat, 0.5), pct(&lat, 0.99), lat.len());
+            let (q, inf) = server_p50(&srv);
+            println!("| {pname} | {clients} concurrent clients, 1 text each | {:.1} | {:.2} | {:.2} | {q:.2} | {inf:.2} | {} |", lat.len() as f64 / total, pct(&lat, 0.5), pct(&lat, 0.99), lat.len());
         }
     }
     sidecar.shutdown().await?;

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::sync::watch;
 
 use crate::sidecar::backend::candle::{parse_device, CandleBackend};
@@ -177,14 +178,22 @@ impl Sidecar {
                     cfg.max_message_bytes,
                 ))
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    tonic::transport::server::TcpIncoming::from(grpc_listener)
+                        .with_nodelay(Some(true)),
                     until_stopped(stopped.clone()),
                 ),
         );
         let serving = Arc::new(AtomicBool::new(true));
         let app = http::router(infer.clone(), serving.clone(), cfg.max_message_bytes);
         let http = tokio::spawn(std::future::IntoFuture::into_future(
-            axum::serve(http_listener, app).with_graceful_shutdown(until_stopped(stopped)),
+            axum::serve(
+                // Small request/response pairs: Nagle + delayed ACK would add ~40 ms.
+                http_listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .with_graceful_shutdown(until_stopped(stopped)),
         ));
         tracing::info!(%grpc_addr, %http_addr, "sidecar serving");
         Ok(Self {
