@@ -27,6 +27,11 @@ echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 echo "- $("$bench" flops)"
 echo
 
+echo "## Candle forward pass alone (embedding only, in-process, fastest of N)"
+echo
+"$bench" forward
+echo
+
 echo "## Multi-task cost (backend forward pass, in-process, random-weight heads with real shapes)"
 echo
 "$bench" multitask
