@@ -106,7 +106,8 @@ async fn long_text_is_truncated_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(config(dir.path())).await;
     let mut c = client(&s).await;
-    let long = "the quick brown fox jumps over the lazy dog ".repeat(100); // ~900 tokens
+    // ~4500 tokens, 22 KB: also takes the off-runtime tokenizer path.
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(500);
     let got = c
         .embed(pb::EmbedRequest { texts: vec![long] })
         .await

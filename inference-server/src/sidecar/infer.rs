@@ -16,7 +16,7 @@ use crate::sidecar::metrics::{Metrics, STATUS_OK};
 use crate::sidecar::queue::{Entry, EntryResult, Queue, Row};
 use crate::sidecar::tasks::decode::{self, Entity, SequenceResult, TokenLabel};
 use crate::sidecar::tasks::{TaskKind, TaskSpec, CATALOGUE, EMBEDDING, TASK_FILE};
-use crate::sidecar::tokenize::{Encoded, Tokenization};
+use crate::sidecar::tokenize::{Encoded, Tokenization, TokenizeError};
 
 /// Bounds on what one call may ask for.
 #[derive(Debug, Clone)]
@@ -109,6 +109,9 @@ type ByteSpan = Option<(usize, usize)>;
 
 /// A named set of `(id, text)` candidates.
 pub type CandidateInput = (String, Vec<(String, String)>);
+
+/// Inputs up to this many bytes are tokenized on the calling task.
+const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
 
 pub const DEFAULT_NLI_TASK: &str = "nli";
 pub const DEFAULT_TOKEN_TASK: &str = "hallucination";
@@ -305,7 +308,10 @@ impl Infer {
         wants.embedding |= !sets.is_empty();
 
         let t0 = Instant::now();
-        let enc = self.inner.tokenization.encode(&req.text)?;
+        let text = req.text.clone();
+        let enc = self
+            .tokenize(req.text.len(), move |t| t.encode(&text))
+            .await?;
         let tokenize = t0.elapsed();
         self.inner
             .metrics
@@ -368,10 +374,16 @@ impl Infer {
             self.check_text(t, "input")?;
         }
         let t0 = Instant::now();
-        let encs = texts
-            .iter()
-            .map(|t| self.inner.tokenization.encode(t))
-            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = texts.iter().map(String::len).sum();
+        let owned = texts.clone();
+        let encs = self
+            .tokenize(bytes, move |tok| {
+                owned
+                    .iter()
+                    .map(|t| tok.encode(t))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
         let tokenize = t0.elapsed();
         self.inner
             .metrics
@@ -512,10 +524,16 @@ impl Infer {
             self.check_text(b, "pairs.second")?;
         }
         let t0 = Instant::now();
-        let windows = pairs
-            .iter()
-            .map(|(a, b)| self.inner.tokenization.encode_pair(a, b))
-            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = pairs.iter().map(|(a, b)| a.len() + b.len()).sum();
+        let owned = pairs.to_vec();
+        let windows = self
+            .tokenize(bytes, move |tok| {
+                owned
+                    .iter()
+                    .map(|(a, b)| tok.encode_pair(a, b))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
         let tokenize = t0.elapsed();
         self.inner
             .metrics
@@ -625,6 +643,24 @@ impl Infer {
     }
 
     // --- helpers ------------------------------------------------------------
+
+    /// Runs `f` on the tokenizer: inline for small inputs, on the blocking
+    /// pool above [`INLINE_TOKENIZE_BYTES`] so long texts do not stall the
+    /// async workers serving other calls.
+    async fn tokenize<T: Send + 'static>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(&Tokenization) -> Result<T, TokenizeError> + Send + 'static,
+    ) -> Result<T, InferError> {
+        if bytes <= INLINE_TOKENIZE_BYTES {
+            return Ok(f(&self.inner.tokenization)?);
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner.tokenization))
+            .await
+            .map_err(|e| TokenizeError(format!("tokenizer task failed: {e}")))?
+            .map_err(InferError::from)
+    }
 
     /// Admission + queueing: refuses at once when `max_concurrent_requests`
     /// calls are in flight.
