@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use inference_server::cli;
 
 #[derive(Parser)]
-#[command(name = "vsr", version, about = "Semantic router for LLM traffic: Envoy + proxy-wasm filter + inference sidecar")]
+#[command(
+    name = "vsr",
+    version,
+    about = "Semantic router for LLM traffic: Envoy + proxy-wasm filter + inference sidecar"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
