@@ -7,7 +7,7 @@
 #
 # Python engines go into a scratch venv outside the repo ($BENCH_VENV,
 # default /tmp/bench-venv); the ONNX export is made there with torch.
-# Results are printed as markdown (copied into docs/BENCHMARKS.sidecar.md).
+# Results are printed as markdown (copied into docs/BENCHMARKS.md, section 2).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
