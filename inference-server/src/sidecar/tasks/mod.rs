@@ -9,6 +9,7 @@
 
 pub mod decode;
 pub mod random;
+pub mod recognizers;
 
 use std::path::{Path, PathBuf};
 
