@@ -6,7 +6,7 @@ use std::time::Instant;
 use router_core::config::UserConfig;
 use router_core::{Capabilities, Router};
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let topics = [
         ("math", "integral, derivative, equation, algebra, theorem"),
         ("code", "python, rust, compile, function, debug"),
@@ -31,19 +31,21 @@ fn main() {
         y += &format!("  - {{name: {n}_route, priority: {i}, rules: {{operator: OR, conditions: [{{type: keyword, name: {n}}}]}}, modelRefs: [{{model: a, use_reasoning: true}}], plugins: [{{type: system_prompt, configuration: {{system_prompt: \"You are an expert.\"}}}}]}}\n");
     }
     y += "providers:\n  models:\n    - {name: a, reasoning_family: q, endpoints: [{endpoint: \"127.0.0.1:1\"}]}\n  reasoning_families: {q: {type: chat_template_kwargs, parameter: enable_thinking}}\n";
-    let cfg = UserConfig::from_yaml("bench", &y).unwrap();
-    let router = Router::new(&cfg, &|_| None, Capabilities::default()).unwrap();
+    let cfg = UserConfig::from_yaml("bench", &y)?;
+    let router = Router::new(&cfg, &|_| None, Capabilities::default())
+        .map_err(|e| format!("invalid bench config: {e:?}"))?;
     let body = br#"{"model":"MoM","messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Can you explain how to solve this quadratic equation step by step and check the roots against the original equation please?"}],"temperature":0.2,"max_tokens":64}"#;
     for _ in 0..1000 {
-        router.route_chat(body).unwrap();
+        router.route_chat(body)?;
     }
     let n = 100_000;
     let t = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(router.route_chat(std::hint::black_box(body)).unwrap());
+        std::hint::black_box(router.route_chat(std::hint::black_box(body))?);
     }
     println!(
         "route_chat: {:.2} µs/request",
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
+    Ok(())
 }

@@ -75,6 +75,8 @@ impl fmt::Display for ApiError {
     }
 }
 
+impl std::error::Error for ApiError {}
+
 /// Roles of the chat format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
