@@ -17,9 +17,9 @@ use crate::signals::SignalSet;
 /// Request headers the router owns: a client must not be able to pick a route by sending them.
 /// Every routed request sets or removes each of them.
 pub const ROUTING_HEADERS: [&str; 3] = [
-    "x-selected-model",
-    "x-vsr-selected-decision",
-    "x-gateway-model-name",
+    headers::SELECTED_MODEL,
+    headers::SELECTED_DECISION,
+    headers::GATEWAY_MODEL_NAME,
 ];
 
 pub mod headers {
