@@ -7,3 +7,4 @@ pub mod mock_llm;
 pub mod project;
 pub mod sidecar;
 pub mod supervise;
+pub mod training;

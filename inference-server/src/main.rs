@@ -28,6 +28,10 @@ enum Command {
     MockLlm(cli::mock_llm::MockLlmArgs),
     /// Start the inference sidecar (gRPC + HTTP).
     Serve(cli::serve::ServeArgs),
+    /// Fine-tune a task head (LoRA + linear head) and write it for the sidecar.
+    Train(cli::train::TrainArgs),
+    /// Score a trained task directory (accuracy, macro-F1, per-class P/R, confusion).
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +43,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::MockLlm(a) => cli::mock_llm::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Train(a) => cli::train::run(a),
+        Command::Eval(a) => cli::eval::run(a),
     };
     match result {
         Ok(code) => code,

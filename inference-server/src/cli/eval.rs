@@ -1,0 +1,118 @@
+//! `vsr eval`: scores a trained task directory, loaded exactly as the
+//! sidecar loads it, on the task's validation split (or the whole file), or
+//! classifies given texts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::sidecar::loader::resolve_base;
+use crate::sidecar::DEFAULT_BASE_MODEL;
+use crate::training::{data, evaluate};
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Task name (must match `name` in the directory's task.json).
+    #[arg(long)]
+    pub task: String,
+    /// Task directory, e.g. `models/domain`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Datasets root or the task's data folder (not needed with --text).
+    #[arg(long, required_unless_present = "text")]
+    pub data: Option<PathBuf>,
+    /// Score every example of the file, not only the validation split
+    /// recorded in task.json (seed, fraction, subset).
+    #[arg(long)]
+    pub all: bool,
+    /// Classify these texts instead of scoring a dataset (repeatable).
+    #[arg(long)]
+    pub text: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Inputs are cut to this many tokens (the sidecar's default is 512).
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Base encoder: a local directory or a Hugging Face hub id.
+    #[arg(long, env = "VSR_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
+    pub base_model: String,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let (base_dir, _) = resolve_base(&args.base_model)?;
+    let task = evaluate::load_task(&base_dir, &args.model, args.max_tokens)?;
+    anyhow::ensure!(
+        task.files.spec.name == args.task,
+        "{} holds task `{}`, not `{}`",
+        args.model.display(),
+        task.files.spec.name,
+        args.task
+    );
+    if !args.text.is_empty() {
+        let texts: Vec<&str> = args.text.iter().map(String::as_str).collect();
+        let preds = task.predict(&texts, 32)?;
+        let rows: Vec<serde_json::Value> = texts
+            .iter()
+            .zip(preds)
+            .map(|(t, (l, p))| serde_json::json!({"text": t, "label": task.labels()[l], "confidence": p}))
+            .collect();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            for r in rows {
+                println!(
+                    "{}\t{:.3}\t{}",
+                    r["label"].as_str().unwrap_or_default(),
+                    r["confidence"].as_f64().unwrap_or_default(),
+                    r["text"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let data_dir = args.data.context("--data is required")?;
+    let dataset = data::load(&args.task, &data_dir)?;
+    let split = task
+        .files
+        .spec
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("split"))
+        .cloned()
+        .unwrap_or_default();
+    let indices: Vec<usize> = if args.all || split.is_null() {
+        (0..dataset.examples.len()).collect()
+    } else {
+        let seed = split["seed"].as_u64().unwrap_or(42);
+        let frac = split["val_fraction"].as_f64().unwrap_or(0.1);
+        let max = split["max_examples"].as_u64().map(|m| m as usize);
+        let used = data::subsample(dataset.examples.len(), max, seed);
+        data::split(&used, |i| dataset.examples[i].label, frac, seed).1
+    };
+    let examples: Vec<(&str, &str)> = indices
+        .iter()
+        .map(|&i| {
+            let e = &dataset.examples[i];
+            (e.text.as_str(), dataset.labels[e.label].as_str())
+        })
+        .collect();
+    let report = task.confusion(&examples, 32)?.report();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} on {} ({}):\n",
+            args.task,
+            dataset.source.display(),
+            if args.all || split.is_null() {
+                "all examples"
+            } else {
+                "validation split"
+            }
+        );
+        println!("{}", report.to_markdown());
+    }
+    Ok(ExitCode::SUCCESS)
+}

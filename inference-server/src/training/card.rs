@@ -1,0 +1,85 @@
+//! `model-card.md` of a trained task.
+
+use std::fmt::Write;
+
+use super::metrics::Report;
+use super::trainer::{TrainConfig, TrainOutcome};
+
+pub struct CardInputs<'a> {
+    pub cfg: &'a TrainConfig,
+    pub outcome: &'a TrainOutcome,
+    pub source: &'a str,
+    pub label_note: &'a str,
+    pub total_examples: usize,
+    pub base_model: &'a str,
+    pub base_sha256: &'a str,
+    pub report: &'a Report,
+    pub eval_max_tokens: usize,
+    pub wall_secs: f64,
+    pub command: &'a str,
+}
+
+pub fn render(c: &CardInputs) -> String {
+    let mut s = String::new();
+    let cfg = c.cfg;
+    let o = c.outcome;
+    let _ = writeln!(s, "# `{}` task head\n", cfg.task);
+    let _ = writeln!(
+        s,
+        "Sequence classifier for the inference sidecar (docs/SIDECAR.md), trained by `vsr train`.\n"
+    );
+    let _ = writeln!(s, "## Data\n");
+    let _ = writeln!(s, "* source: `{}`", c.source);
+    let _ = writeln!(s, "* labels: {}", c.label_note);
+    let used = o.train_examples + o.val_indices.len();
+    let subset = match cfg.max_examples {
+        Some(m) if m < c.total_examples => format!(
+            " — a seeded subset (`--max-examples {m}`) of the {} examples in the file",
+            c.total_examples
+        ),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        s,
+        "* examples used: {used}{subset}; split stratified by label, seed {}: {} train / {} validation ({:.0}%)",
+        cfg.seed,
+        o.train_examples,
+        o.val_indices.len(),
+        cfg.val_fraction * 100.0
+    );
+    let _ = writeln!(s, "\n## Model\n");
+    let _ = writeln!(
+        s,
+        "* base: `{}` (frozen), model.safetensors sha256 `{}`",
+        c.base_model, c.base_sha256
+    );
+    let _ = writeln!(
+        s,
+        "* trained: LoRA rank {} (alpha {}) on query+value of the top {} layer(s), CLS pooling, linear head",
+        cfg.lora_rank, cfg.lora_alpha, cfg.top_layers
+    );
+    let _ = writeln!(
+        s,
+        "* hyper-parameters: epochs ≤ {} (early stopping on validation accuracy, patience {}; best epoch {} of {} run), AdamW lr {} (linear decay to 10%), weight decay {}, batch {}, inputs cut to {} tokens for training",
+        cfg.epochs, cfg.patience, o.best_epoch, o.epochs_run, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.max_tokens
+    );
+    let _ = writeln!(
+        s,
+        "* training wall time: {:.0} s (of which {:.0} s caching the frozen layers), CPU",
+        c.wall_secs, o.cache_secs
+    );
+    let _ = writeln!(s, "\nPer epoch (validation on cached features):\n");
+    let _ = writeln!(s, "| epoch | train loss | val accuracy | val macro-F1 |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|");
+    for (e, l, a, f) in &o.history {
+        let _ = writeln!(s, "| {e} | {l:.4} | {a:.4} | {f:.4} |");
+    }
+    let _ = writeln!(
+        s,
+        "\n## Validation metrics\n\nComputed after saving, by loading this directory through the sidecar's task discovery and `CandleBackend` (inputs up to {} tokens, as served):\n",
+        c.eval_max_tokens
+    );
+    s.push_str(&c.report.to_markdown());
+    let _ = writeln!(s, "\n## Reproduce\n\n```sh\n{}\n```", c.command);
+    s
+}

@@ -1,0 +1,518 @@
+//! The train loop for sequence tasks.
+//!
+//! The lower `L - top_layers` layers are frozen, so their output is computed
+//! once per example ([`Mode::Inference`], no graph) and cached. Each step runs
+//! only the task's top layers (base weights + LoRA, the last one for `[CLS]`
+//! only when the task is CLS-pooled) and the head in [`Mode::Train`], whose
+//! layer norm and softmax have a backward pass.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+
+use super::data::Dataset;
+use super::metrics::Confusion;
+use super::Rng;
+use crate::sidecar::backend::candle::TaskBranch;
+use crate::sidecar::model::bert::{cls_pool, mean_pool, BertConfig, BertModel, Mode};
+use crate::sidecar::tasks::{
+    HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec, ADAPTER_FILE, TASK_FILE,
+};
+use crate::sidecar::tokenize::Tokenization;
+
+/// Hyper-parameters of one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainConfig {
+    pub task: String,
+    pub epochs: usize,
+    pub lr: f64,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    pub top_layers: usize,
+    pub seed: u64,
+    pub max_examples: Option<usize>,
+    pub batch_size: usize,
+    pub max_tokens: usize,
+    pub val_fraction: f64,
+    pub patience: usize,
+    pub weight_decay: f64,
+}
+
+/// What a run produced.
+pub struct TrainOutcome {
+    pub spec: TaskSpec,
+    pub tensors: HashMap<String, Tensor>,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    pub train_examples: usize,
+    pub val_indices: Vec<usize>,
+    pub history: Vec<(usize, f64, f64, f64)>,
+    pub cache_secs: f64,
+}
+
+/// Frozen features of one example: hidden state entering the first trained
+/// layer, `[len, h]`.
+struct Cached {
+    hidden: Tensor,
+    label: u32,
+}
+
+pub fn load_base(base_dir: &Path, device: &Device) -> anyhow::Result<BertModel> {
+    let cfg_path = base_dir.join("config.json");
+    let config: BertConfig = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path).with_context(|| cfg_path.display().to_string())?,
+    )?;
+    let bytes = std::fs::read(base_dir.join("model.safetensors"))
+        .with_context(|| format!("{}/model.safetensors", base_dir.display()))?;
+    let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
+    Ok(BertModel::load(config, vb)?)
+}
+
+/// The spec `vsr train` writes for a sequence task.
+pub fn sequence_spec(
+    cfg: &TrainConfig,
+    labels: &[String],
+    metadata: serde_json::Value,
+) -> TaskSpec {
+    TaskSpec {
+        name: cfg.task.clone(),
+        kind: TaskKind::Sequence,
+        labels: labels.to_vec(),
+        pooling: Pooling::Cls,
+        top_layers: cfg.top_layers,
+        lora: (cfg.top_layers > 0 && cfg.lora_rank > 0).then(|| LoraSpec {
+            rank: cfg.lora_rank,
+            alpha: cfg.lora_alpha,
+            targets: vec!["attention.self.query".into(), "attention.self.value".into()],
+        }),
+        head: HeadSpec::default(),
+        metadata: Some(metadata),
+    }
+}
+
+/// Creates every trainable tensor under its `adapter.safetensors` name:
+/// head `N(0, 1/in)`, LoRA `A ~ N(0, 1/in)`, `B = 0` (the adapter starts as
+/// the identity).
+fn init_vars(
+    spec: &TaskSpec,
+    cfg: &BertConfig,
+    rng: &mut Rng,
+    dev: &Device,
+) -> anyhow::Result<VarMap> {
+    let varmap = VarMap::new();
+    let h = cfg.hidden_size;
+    let mut normal = |rows: usize, cols: usize, std: f64| -> candle_core::Result<Tensor> {
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|_| (rng.normal() * std) as f32)
+            .collect();
+        Tensor::from_vec(v, (rows, cols), dev)
+    };
+    let mut t: Vec<(String, Tensor)> = vec![
+        (
+            "head.out.weight".into(),
+            normal(spec.labels.len(), h, 1.0 / (h as f64).sqrt())?,
+        ),
+        (
+            "head.out.bias".into(),
+            Tensor::zeros(spec.labels.len(), DType::F32, dev)?,
+        ),
+    ];
+    if let Some(l) = &spec.lora {
+        let layers = cfg.num_hidden_layers;
+        for i in layers - spec.top_layers..layers {
+            for target in &l.targets {
+                let (inn, out) = match target.as_str() {
+                    "intermediate.dense" => (h, cfg.intermediate_size),
+                    "output.dense" => (cfg.intermediate_size, h),
+                    _ => (h, h),
+                };
+                let p = format!("encoder.layer.{i}.{target}");
+                t.push((
+                    format!("{p}.lora_a"),
+                    normal(l.rank, inn, 1.0 / (inn as f64).sqrt())?,
+                ));
+                t.push((
+                    format!("{p}.lora_b"),
+                    Tensor::zeros((out, l.rank), DType::F32, dev)?,
+                ));
+            }
+        }
+    }
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?;
+        for (name, tensor) in t {
+            data.insert(name, Var::from_tensor(&tensor)?);
+        }
+    }
+    Ok(varmap)
+}
+
+/// Runs embeddings and the frozen lower layers once for every example.
+fn cache_features(
+    model: &BertModel,
+    tok: &Tokenization,
+    data: &Dataset,
+    indices: &[usize],
+    first_layer: usize,
+) -> anyhow::Result<HashMap<usize, Cached>> {
+    let dev = model.device().clone();
+    let enc: Vec<(usize, Vec<u32>)> = indices
+        .iter()
+        .map(|&i| Ok((i, tok.encode(&data.examples[i].text)?.ids)))
+        .collect::<anyhow::Result<_>>()?;
+    let mut order: Vec<usize> = (0..enc.len()).collect();
+    order.sort_by_key(|&j| enc[j].1.len());
+    let mut out = HashMap::with_capacity(enc.len());
+    let start = Instant::now();
+    let mut done = 0usize;
+    for chunk in order.chunks(64) {
+        let max_len = chunk.iter().map(|&j| enc[j].1.len()).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(chunk.len() * max_len);
+        let mut mask = Vec::with_capacity(chunk.len() * max_len);
+        for &j in chunk {
+            let e = &enc[j].1;
+            ids.extend_from_slice(e);
+            ids.extend(std::iter::repeat_n(0u32, max_len - e.len()));
+            mask.extend(std::iter::repeat_n(1u32, e.len()));
+            mask.extend(std::iter::repeat_n(0u32, max_len - e.len()));
+        }
+        let n = chunk.len();
+        let ids = Tensor::from_vec(ids, (n, max_len), &dev)?;
+        let types = ids.zeros_like()?;
+        let mask = Tensor::from_vec(mask, (n, max_len), &dev)?;
+        let bias = BertModel::mask_bias(&mask)?;
+        let mut x = model.embed(&ids, &types, Mode::Inference)?;
+        for l in 0..first_layer {
+            x = model.layer(l, &x, &bias, None, Mode::Inference)?;
+        }
+        for (row, &j) in chunk.iter().enumerate() {
+            let (i, e) = &enc[j];
+            let hidden = x.get(row)?.narrow(0, 0, e.len())?.copy()?;
+            out.insert(
+                *i,
+                Cached {
+                    hidden,
+                    label: data.examples[*i].label as u32,
+                },
+            );
+        }
+        done += n;
+        if done % 1024 < n || done == enc.len() {
+            eprintln!(
+                "  features: {done}/{} ({:.0} examples/s)",
+                enc.len(),
+                done as f64 / start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Pads cached features into `[b, s, h]`, the mask bias and pooling mask.
+fn make_batch(
+    cache: &HashMap<usize, Cached>,
+    rows: &[usize],
+    dev: &Device,
+) -> anyhow::Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let max_len = rows
+        .iter()
+        .map(|i| cache[i].hidden.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+    let mut xs = Vec::with_capacity(rows.len());
+    let mut mask = Vec::with_capacity(rows.len() * max_len);
+    let mut labels = Vec::with_capacity(rows.len());
+    for i in rows {
+        let c = &cache[i];
+        let (len, h) = c.hidden.dims2()?;
+        xs.push(if len < max_len {
+            Tensor::cat(
+                &[
+                    &c.hidden,
+                    &Tensor::zeros((max_len - len, h), DType::F32, dev)?,
+                ],
+                0,
+            )?
+        } else {
+            c.hidden.clone()
+        });
+        mask.extend(std::iter::repeat_n(1u32, len));
+        mask.extend(std::iter::repeat_n(0u32, max_len - len));
+        labels.push(c.label);
+    }
+    let x = Tensor::stack(&xs, 0)?;
+    let mask = Tensor::from_vec(mask, (rows.len(), max_len), dev)?;
+    let bias = BertModel::mask_bias(&mask)?;
+    let labels = Tensor::from_vec(labels, rows.len(), dev)?;
+    Ok((x, bias, mask, labels))
+}
+
+/// The task branch on cached features: logits `[b, labels]`.
+fn branch_logits(
+    model: &BertModel,
+    branch: &TaskBranch,
+    x: &Tensor,
+    bias: &Tensor,
+    mask: &Tensor,
+    mode: Mode,
+) -> candle_core::Result<Tensor> {
+    let mut h = x.clone();
+    let cls_only = branch.pooling == Pooling::Cls;
+    let last = branch.adapters.len().saturating_sub(1);
+    for (k, adapter) in branch.adapters.iter().enumerate() {
+        let index = branch.first_layer + k;
+        h = if cls_only && k == last {
+            model.layer_cls(index, &h, bias, Some(adapter), mode)?
+        } else {
+            model.layer(index, &h, bias, Some(adapter), mode)?
+        };
+    }
+    let pooled = match branch.pooling {
+        Pooling::Cls => cls_pool(&h)?,
+        Pooling::Mean => mean_pool(&h, mask)?,
+    };
+    branch.head.forward(&pooled)
+}
+
+fn grad_norm(grads: &candle_core::backprop::GradStore, var: &Var) -> anyhow::Result<f32> {
+    match grads.get(var.as_tensor()) {
+        Some(g) => Ok(g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?),
+        None => Ok(0.0),
+    }
+}
+
+/// Fails unless every listed parameter got a non-zero, finite gradient.
+fn assert_grads(
+    grads: &candle_core::backprop::GradStore,
+    named: &[(String, Var)],
+    which: impl Fn(&str) -> bool,
+    step: usize,
+) -> anyhow::Result<()> {
+    let mut checked = 0;
+    for (name, var) in named.iter().filter(|(n, _)| which(n)) {
+        let g = grad_norm(grads, var)?;
+        if g == 0.0 || !g.is_finite() {
+            bail!("gradient of `{name}` is {g} at step {step}: autograd does not reach it (a kernel without backward in the trained path?)");
+        }
+        checked += 1;
+    }
+    eprintln!("  step {step}: {checked} parameter gradients checked non-zero");
+    Ok(())
+}
+
+/// Accuracy and macro-F1 of the current weights on cached features.
+fn validate(
+    model: &BertModel,
+    branch: &TaskBranch,
+    cache: &HashMap<usize, Cached>,
+    rows: &[usize],
+    labels: &[String],
+    dev: &Device,
+) -> anyhow::Result<Confusion> {
+    let mut sorted = rows.to_vec();
+    sorted.sort_by_key(|i| cache[i].hidden.dims()[0]);
+    let mut c = Confusion::new(labels.to_vec());
+    for chunk in sorted.chunks(64) {
+        let (x, bias, mask, gold) = make_batch(cache, chunk, dev)?;
+        let pred = branch_logits(model, branch, &x, &bias, &mask, Mode::Inference)?
+            .argmax(1)?
+            .to_vec1::<u32>()?;
+        for (g, p) in gold.to_vec1::<u32>()?.into_iter().zip(pred) {
+            c.add(g as usize, p as usize);
+        }
+    }
+    Ok(c)
+}
+
+/// Trains a sequence task; returns the best (validation accuracy) weights.
+pub fn train(
+    cfg: &TrainConfig,
+    base_dir: &Path,
+    data: &Dataset,
+    metadata: serde_json::Value,
+) -> anyhow::Result<TrainOutcome> {
+    let dev = Device::Cpu;
+    let model = load_base(base_dir, &dev)?;
+    let layers = model.num_layers();
+    if cfg.top_layers == 0 || cfg.top_layers > layers {
+        bail!("--top-layers must be in 1..={layers}");
+    }
+    let spec = sequence_spec(cfg, &data.labels, metadata);
+    spec.validate(layers).map_err(anyhow::Error::msg)?;
+    let tok = Tokenization::load(&base_dir.join("tokenizer.json"), cfg.max_tokens)?;
+
+    let used = super::data::subsample(data.examples.len(), cfg.max_examples, cfg.seed);
+    let (train_idx, val_idx) = super::data::split(
+        &used,
+        |i| data.examples[i].label,
+        cfg.val_fraction,
+        cfg.seed,
+    );
+    eprintln!(
+        "{}: {} examples ({} train, {} validation), {} labels",
+        data.source.display(),
+        used.len(),
+        train_idx.len(),
+        val_idx.len(),
+        data.labels.len()
+    );
+    let first_layer = layers - cfg.top_layers;
+    let t0 = Instant::now();
+    eprintln!(
+        "caching frozen layers 0..{first_layer} (max {} tokens)",
+        cfg.max_tokens
+    );
+    let cache = cache_features(&model, &tok, data, &used, first_layer)?;
+    let cache_secs = t0.elapsed().as_secs_f64();
+
+    let mut rng = Rng::new(cfg.seed ^ 0x1A17);
+    let varmap = init_vars(&spec, &model.config, &mut rng, &dev)?;
+    let branch = TaskBranch::load(
+        &spec,
+        &model.config,
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )?;
+    let mut named: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut opt = AdamW::new(
+        named.iter().map(|(_, v)| v.clone()).collect(),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+
+    let snapshot = |named: &[(String, Var)]| -> candle_core::Result<HashMap<String, Tensor>> {
+        named
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
+            .collect()
+    };
+    let mut best = (f64::NEG_INFINITY, 0usize, snapshot(&named)?);
+    let mut history = Vec::new();
+    let mut step = 0usize;
+    let mut stale = 0usize;
+    let mut epochs_run = 0;
+    let steps_per_epoch = train_idx.len().div_ceil(cfg.batch_size);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    for epoch in 1..=cfg.epochs {
+        epochs_run = epoch;
+        // Shuffle, then sort within windows of 16 batches by length (less
+        // padding), then shuffle the batch order.
+        let mut order = train_idx.clone();
+        rng.shuffle(&mut order);
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for window in order.chunks(cfg.batch_size * 16) {
+            let mut w = window.to_vec();
+            w.sort_by_key(|i| cache[i].hidden.dims()[0]);
+            batches.extend(w.chunks(cfg.batch_size).map(<[usize]>::to_vec));
+        }
+        rng.shuffle(&mut batches);
+        let (start, mut seen, mut loss_sum, mut loss_n) = (Instant::now(), 0usize, 0f64, 0usize);
+        for rows in &batches {
+            // Linear decay to 10% of the base rate.
+            let frac = step as f64 / total_steps.max(1) as f64;
+            opt.set_learning_rate(cfg.lr * (1.0 - 0.9 * frac));
+            let (x, bias, mask, labels) = make_batch(&cache, rows, &dev)?;
+            let logits = branch_logits(&model, &branch, &x, &bias, &mask, Mode::Train)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let grads = loss.backward()?;
+            if step == 0 {
+                // B starts at zero, so A's gradient is zero by construction
+                // at the first step; B and the head must move.
+                assert_grads(
+                    &grads,
+                    &named,
+                    |n| n.starts_with("head.") || n.ends_with("lora_b"),
+                    1,
+                )?;
+            } else if step == 1 {
+                assert_grads(&grads, &named, |n| n.contains("lora_"), 2)?;
+            }
+            opt.step(&grads)?;
+            step += 1;
+            seen += rows.len();
+            let l = loss.to_scalar::<f32>()? as f64;
+            if !l.is_finite() {
+                bail!("loss is {l} at step {step}");
+            }
+            loss_sum += l;
+            loss_n += 1;
+            if step.is_multiple_of(50) {
+                eprintln!(
+                    "  epoch {epoch} step {step}/{total_steps} loss {:.4} {:.0} examples/s",
+                    loss_sum / loss_n as f64,
+                    seen as f64 / start.elapsed().as_secs_f64()
+                );
+            }
+        }
+        let c = validate(&model, &branch, &cache, &val_idx, &data.labels, &dev)?;
+        let (acc, f1) = (c.accuracy(), c.macro_f1());
+        let train_loss = loss_sum / loss_n.max(1) as f64;
+        eprintln!(
+            "epoch {epoch}: train loss {train_loss:.4}, validation accuracy {acc:.4}, macro-F1 {f1:.4} ({:.0} s)",
+            start.elapsed().as_secs_f64()
+        );
+        history.push((epoch, train_loss, acc, f1));
+        if acc > best.0 {
+            best = (acc, epoch, snapshot(&named)?);
+            stale = 0;
+        } else {
+            stale += 1;
+            if stale >= cfg.patience {
+                eprintln!("early stop: no validation improvement for {stale} epochs");
+                break;
+            }
+        }
+    }
+    Ok(TrainOutcome {
+        spec,
+        tensors: best.2,
+        best_epoch: best.1,
+        epochs_run,
+        train_examples: train_idx.len(),
+        val_indices: val_idx,
+        history,
+        cache_secs,
+    })
+}
+
+/// Writes `out/{task.json, adapter.safetensors}` in the sidecar's format
+/// (docs/SIDECAR.md "Task heads on disk"; same layout as
+/// `sidecar::tasks::random::write_random_task`).
+pub fn write_task(
+    out: &Path,
+    spec: &TaskSpec,
+    tensors: &HashMap<String, Tensor>,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    candle_core::safetensors::save(tensors, out.join(ADAPTER_FILE))?;
+    std::fs::write(
+        out.join(TASK_FILE),
+        serde_json::to_string_pretty(spec)? + "\n",
+    )?;
+    Ok(out.to_path_buf())
+}
+
+/// Hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
