@@ -194,7 +194,11 @@ fn cache_features(
         }
         for (row, &j) in chunk.iter().enumerate() {
             let (i, e) = &enc[j];
-            let hidden = x.get(row)?.narrow(0, 0, e.len())?.copy()?;
+            // An exact-size copy: `copy()`/`contiguous()` of a view would
+            // keep (or clone) the whole padded chunk's storage.
+            let (len, h) = (e.len(), x.dim(2)?);
+            let row = x.get(row)?.narrow(0, 0, len)?.flatten_all()?;
+            let hidden = Tensor::from_vec(row.to_vec1::<f32>()?, (len, h), &dev)?;
             out.insert(
                 *i,
                 Cached {
