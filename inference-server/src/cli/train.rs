@@ -106,7 +106,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let md = card::render(&card::CardInputs {
         cfg: &cfg,
         outcome: &outcome,
-        source: &format!("{} (`question` → `category`)", dataset.source.display()),
+        source: &format!("`{}` (`question` → `category`)", dataset.source.display()),
         label_note: &dataset.label_note,
         total_examples: dataset.examples.len(),
         base_model: &base_id,

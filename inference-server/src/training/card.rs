@@ -29,7 +29,7 @@ pub fn render(c: &CardInputs) -> String {
         "Sequence classifier for the inference sidecar (docs/SIDECAR.md), trained by `vsr train`.\n"
     );
     let _ = writeln!(s, "## Data\n");
-    let _ = writeln!(s, "* source: `{}`", c.source);
+    let _ = writeln!(s, "* source: {}", c.source);
     let _ = writeln!(s, "* labels: {}", c.label_note);
     let used = o.train_examples + o.val_indices.len();
     let subset = match cfg.max_examples {
