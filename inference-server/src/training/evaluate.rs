@@ -21,7 +21,8 @@ pub struct LoadedTask {
 }
 
 /// Loads `model_dir` (a `models/<task>` directory) the way `vsr serve`
-/// does: discovery over its parent, then the candle backend.
+/// does: `task.json` parsed and validated as by discovery, then the candle
+/// backend.
 pub fn load_task(
     base_dir: &Path,
     model_dir: &Path,
@@ -31,15 +32,24 @@ pub fn load_task(
         &std::fs::read_to_string(base_dir.join("config.json"))
             .with_context(|| format!("{}/config.json", base_dir.display()))?,
     )?;
-    let model_dir = model_dir
-        .canonicalize()
-        .with_context(|| format!("task directory {}", model_dir.display()))?;
-    let parent = model_dir.parent().context("task directory has no parent")?;
-    let found = tasks::discover(parent, cfg.num_hidden_layers)?;
-    let files = found
-        .into_iter()
-        .find(|t| t.dir.canonicalize().ok().as_deref() == Some(model_dir.as_path()))
-        .with_context(|| format!("{} has no {}", model_dir.display(), tasks::TASK_FILE))?;
+    // The same parsing and checks as `tasks::discover`, for this one
+    // directory (its siblings may hold other versions of the same task).
+    let file = model_dir.join(tasks::TASK_FILE);
+    let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+    let spec: tasks::TaskSpec =
+        serde_json::from_str(&text).with_context(|| file.display().to_string())?;
+    spec.validate(cfg.num_hidden_layers)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+    anyhow::ensure!(
+        model_dir.join(tasks::ADAPTER_FILE).is_file(),
+        "{} has no {}",
+        model_dir.display(),
+        tasks::ADAPTER_FILE
+    );
+    let files = TaskFiles {
+        spec,
+        dir: model_dir.to_path_buf(),
+    };
     if files.spec.kind != TaskKind::Sequence {
         bail!(
             "task `{}` is of kind `{}`; vsr eval handles `sequence` tasks so far",
