@@ -7,23 +7,9 @@ use anyhow::{bail, Context};
 
 use super::Rng;
 
-/// The 14 MMLU-Pro categories, as labels (spaces → `_`), sorted.
-pub const DOMAIN_LABELS: [&str; 14] = [
-    "biology",
-    "business",
-    "chemistry",
-    "computer_science",
-    "economics",
-    "engineering",
-    "health",
-    "history",
-    "law",
-    "math",
-    "other",
-    "philosophy",
-    "physics",
-    "psychology",
-];
+/// The 14 MMLU-Pro categories, as labels (spaces → `_`), sorted: the same list the
+/// config's `domains[].mmlu_categories` are checked against.
+pub use router_core::config::MMLU_PRO_CATEGORIES as DOMAIN_LABELS;
 
 /// File of the `domain` task inside its data folder.
 pub const DOMAIN_FILE: &str = "mmlu_pro.jsonl";
@@ -32,7 +18,7 @@ pub const DOMAIN_FILE: &str = "mmlu_pro.jsonl";
 /// to `_` ("computer science" → `computer_science`); `None` if it is not
 /// one of [`DOMAIN_LABELS`].
 pub fn domain_label(category: &str) -> Option<&'static str> {
-    let norm = category.trim().to_lowercase().replace([' ', '-'], "_");
+    let norm = router_core::config::normalize_category(category);
     DOMAIN_LABELS.iter().copied().find(|l| *l == norm)
 }
 
