@@ -7,7 +7,7 @@
 //! layer norm and softmax have a backward pass.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -19,9 +19,7 @@ use super::metrics::Confusion;
 use super::Rng;
 use crate::sidecar::backend::candle::TaskBranch;
 use crate::sidecar::model::bert::{cls_pool, mean_pool, BertConfig, BertModel, Mode};
-use crate::sidecar::tasks::{
-    HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec, ADAPTER_FILE, TASK_FILE,
-};
+use crate::sidecar::tasks::{HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
 use crate::sidecar::tokenize::Tokenization;
 
 /// Hyper-parameters of one run.
@@ -497,22 +495,8 @@ pub fn train(
     })
 }
 
-/// Writes `out/{task.json, adapter.safetensors}` in the sidecar's format
-/// (docs/SIDECAR.md "Task heads on disk"; same layout as
-/// `sidecar::tasks::random::write_random_task`).
-pub fn write_task(
-    out: &Path,
-    spec: &TaskSpec,
-    tensors: &HashMap<String, Tensor>,
-) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    candle_core::safetensors::save(tensors, out.join(ADAPTER_FILE))?;
-    std::fs::write(
-        out.join(TASK_FILE),
-        serde_json::to_string_pretty(spec)? + "\n",
-    )?;
-    Ok(out.to_path_buf())
-}
+/// Writes the task directory; the format has one writer, in `sidecar::tasks`.
+pub use crate::sidecar::tasks::write_task;
 
 /// Hex SHA-256 of a file.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {

@@ -30,6 +30,23 @@ pub const CATALOGUE: [(&str, TaskKind); 7] = [
     ("hallucination", TaskKind::PairToken),
 ];
 
+/// Writes `out/{task.json, adapter.safetensors}`: the one writer of the task format
+/// (used by `vsr train` and by the random-weight tasks of benches and tests).
+pub fn write_task(
+    out: &Path,
+    spec: &TaskSpec,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    candle_core::safetensors::save(tensors, out.join(ADAPTER_FILE))?;
+    std::fs::write(
+        out.join(TASK_FILE),
+        serde_json::to_string_pretty(spec)? + "\n",
+    )?;
+    Ok(out.to_path_buf())
+}
+
 /// The pseudo-task that asks for the sentence embedding.
 pub const EMBEDDING: &str = "embedding";
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{TaskSpec, ADAPTER_FILE, TASK_FILE};
+use super::TaskSpec;
 use crate::sidecar::model::bert::LORA_TARGETS;
 
 /// Writes `dir/<spec.name>/{task.json, adapter.safetensors}` with random
@@ -19,8 +19,6 @@ pub fn write_random_task(
     intermediate: usize,
     num_layers: usize,
 ) -> anyhow::Result<()> {
-    let out = dir.join(&spec.name);
-    std::fs::create_dir_all(&out)?;
     let dev = Device::Cpu;
     let rand = |shape: (usize, usize), std: f64| Tensor::randn(0f32, std as f32, shape, &dev);
     let mut t: HashMap<String, Tensor> = HashMap::new();
@@ -61,7 +59,6 @@ pub fn write_random_task(
             }
         }
     }
-    candle_core::safetensors::save(&t, out.join(ADAPTER_FILE))?;
-    std::fs::write(out.join(TASK_FILE), serde_json::to_string_pretty(spec)?)?;
+    super::write_task(&dir.join(&spec.name), spec, &t)?;
     Ok(())
 }
