@@ -273,4 +273,18 @@ impl Inference for GrpcService {
         };
         Ok(reply(msg, &out.timing))
     }
+
+    async fn cache_lookup(
+        &self,
+        _request: Request<pb::CacheLookupRequest>,
+    ) -> Result<Response<pb::CacheLookupResponse>, Status> {
+        Err(Status::unimplemented("the semantic cache is not built yet"))
+    }
+
+    async fn cache_store(
+        &self,
+        _request: Request<pb::CacheStoreRequest>,
+    ) -> Result<Response<pb::CacheStoreResponse>, Status> {
+        Err(Status::unimplemented("the semantic cache is not built yet"))
+    }
 }
