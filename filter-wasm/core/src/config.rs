@@ -44,6 +44,18 @@ pub struct UserConfig {
     pub auto_model_names: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Where and how the filter calls the inference sidecar.
+    #[serde(default)]
+    pub inference_sidecar: InferenceSidecar,
+    /// Confidence thresholds of the model-backed signals.
+    #[serde(default)]
+    pub classifier: ClassifierThresholds,
+    /// The jailbreak guard's default for every request; a decision's `jailbreak` plugin overrides it.
+    #[serde(default)]
+    pub prompt_guard: PromptGuard,
+    /// The semantic cache's backend and defaults; a decision's `semantic-cache` plugin overrides them.
+    #[serde(default)]
+    pub semantic_cache: SemanticCacheConfig,
 }
 
 fn default_auto_model_names() -> Vec<String> {
@@ -80,6 +92,205 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+        }
+    }
+}
+
+/// Default sidecar gRPC address (`vsr serve --grpc-port 50051`).
+pub const DEFAULT_SIDECAR_ADDRESS: &str = "127.0.0.1:50051";
+/// Default budget for one sidecar call.
+pub const DEFAULT_SIDECAR_TIMEOUT: &str = "200ms";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSidecar {
+    /// `host:port` of the sidecar's gRPC server (the Envoy cluster `vsr render` writes).
+    #[serde(default = "default_sidecar_address")]
+    pub address: String,
+    /// Envoy cluster the filter calls; `vsr render` defines it from `address`.
+    #[serde(default = "default_sidecar_cluster")]
+    pub cluster: String,
+    /// Budget for each call, e.g. `200ms`.
+    #[serde(default = "default_sidecar_timeout")]
+    pub timeout: String,
+    /// What a request gets when the sidecar cannot answer in time.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+}
+
+fn default_sidecar_address() -> String {
+    DEFAULT_SIDECAR_ADDRESS.to_string()
+}
+fn default_sidecar_cluster() -> String {
+    "vsr_sidecar".to_string()
+}
+fn default_sidecar_timeout() -> String {
+    DEFAULT_SIDECAR_TIMEOUT.to_string()
+}
+
+impl Default for InferenceSidecar {
+    fn default() -> Self {
+        InferenceSidecar {
+            address: default_sidecar_address(),
+            cluster: default_sidecar_cluster(),
+            timeout: default_sidecar_timeout(),
+            failure_mode: FailureMode::Open,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Route by keywords and the default model, marked `x-vsr-degraded: <reason>`.
+    #[default]
+    Open,
+    /// Answer 503 with an OpenAI-shaped error.
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierThresholds {
+    /// The domain label counts only at this probability or above.
+    #[serde(default = "default_domain_threshold")]
+    pub domain_threshold: f32,
+    #[serde(default = "half")]
+    pub fact_check_threshold: f32,
+    #[serde(default = "half")]
+    pub user_feedback_threshold: f32,
+    /// Cosine similarity of the prompt to a preference's description.
+    #[serde(default = "default_preference_threshold")]
+    pub preference_threshold: f32,
+}
+
+fn default_domain_threshold() -> f32 {
+    0.3
+}
+fn half() -> f32 {
+    0.5
+}
+fn default_preference_threshold() -> f32 {
+    0.35
+}
+
+impl Default for ClassifierThresholds {
+    fn default() -> Self {
+        ClassifierThresholds {
+            domain_threshold: default_domain_threshold(),
+            fact_check_threshold: half(),
+            user_feedback_threshold: half(),
+            preference_threshold: default_preference_threshold(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptGuard {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Block at this jailbreak probability or above.
+    #[serde(default = "default_guard_threshold")]
+    pub threshold: f32,
+    /// Status of a blocked answer (jailbreak or PII): 200 like the v0.1 router, or 403.
+    #[serde(default = "default_block_status")]
+    pub block_status: u32,
+}
+
+fn default_guard_threshold() -> f32 {
+    0.7
+}
+fn default_block_status() -> u32 {
+    200
+}
+
+impl Default for PromptGuard {
+    fn default() -> Self {
+        PromptGuard {
+            enabled: false,
+            threshold: default_guard_threshold(),
+            block_status: default_block_status(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticCacheConfig {
+    /// Default for requests whose decision has no `semantic-cache` plugin.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub backend_type: CacheBackend,
+    #[serde(default = "default_similarity")]
+    pub similarity_threshold: f32,
+    /// Bound of the memory backend (the sidecar evicts least recently used entries).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds: u64,
+    /// Only `lru` is implemented.
+    #[serde(default = "default_eviction")]
+    pub eviction_policy: String,
+    /// Used when `backend_type: redis`.
+    #[serde(default)]
+    pub redis: RedisConfig,
+}
+
+fn default_similarity() -> f32 {
+    0.9
+}
+fn default_max_entries() -> u64 {
+    10_000
+}
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_eviction() -> String {
+    "lru".to_string()
+}
+
+impl Default for SemanticCacheConfig {
+    fn default() -> Self {
+        SemanticCacheConfig {
+            enabled: false,
+            backend_type: CacheBackend::Memory,
+            similarity_threshold: default_similarity(),
+            max_entries: default_max_entries(),
+            ttl_seconds: default_ttl(),
+            eviction_policy: default_eviction(),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    /// An HNSW index inside the sidecar process.
+    #[default]
+    Memory,
+    /// A Redis server shared by every sidecar replica.
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `host:port`.
+    #[serde(default = "default_redis_address")]
+    pub address: String,
+}
+
+fn default_redis_address() -> String {
+    "127.0.0.1:6379".to_string()
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            address: default_redis_address(),
         }
     }
 }

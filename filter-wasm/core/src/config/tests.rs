@@ -321,34 +321,86 @@ fn plugin_configurations_are_checked() {
 
 #[test]
 fn model_signals_and_plugins_need_the_sidecar() {
+    let keywords_only = |yaml: &str| validate(&load(yaml), Capabilities::KEYWORDS_ONLY);
     let yaml = edit(
         "- {type: keyword, name: math}",
         "- {type: domain, name: science}",
     );
-    assert_error(
-        &yaml,
-        "decisions[0].rules.conditions[0].type",
-        "need the inference sidecar",
-    );
-    assert_eq!(
-        validate(
-            &load(&yaml),
-            Capabilities {
-                inference_sidecar: true
-            }
-        ),
-        vec![]
-    );
+    let errs = keywords_only(&yaml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "decisions[0].rules.conditions[0].type");
+    assert!(errs[0].message.contains("need the inference sidecar"));
+    assert_eq!(errors(&yaml), vec![]);
 
     let yaml = edit("      - type: header_mutation", "      - type: jailbreak\n        configuration: {enabled: true, threshold: 0.7}\n      - type: header_mutation");
-    assert_error(
-        &yaml,
-        "decisions[0].plugins[1].type",
-        "plugin 'jailbreak' needs the inference sidecar",
-    );
+    let errs = keywords_only(&yaml);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "decisions[0].plugins[1].type");
+    assert!(errs[0]
+        .message
+        .contains("plugin 'jailbreak' needs the inference sidecar"));
+    assert_eq!(errors(&yaml), vec![]);
     // A disabled plugin needs nothing.
     let yaml = yaml.replace("{enabled: true, threshold: 0.7}", "{enabled: false}");
-    assert_eq!(errors(&yaml), vec![]);
+    assert_eq!(keywords_only(&yaml), vec![]);
+}
+
+#[test]
+fn sidecar_sections_are_checked() {
+    let with = |extra: &str| format!("{BASE}\n{extra}\n");
+    let parse_error = |yaml: &str, path: &str, needle: &str| {
+        let e = UserConfig::from_yaml("t.yaml", yaml).unwrap_err();
+        assert_eq!(e.errors[0].path, path, "{e}");
+        assert!(e.errors[0].message.contains(needle), "{e}");
+    };
+    assert_error(
+        &with("inference_sidecar: {address: localhost}"),
+        "inference_sidecar.address",
+        "needs a port",
+    );
+    assert_error(
+        &with("inference_sidecar: {timeout: 5 seconds}"),
+        "inference_sidecar.timeout",
+        "invalid duration",
+    );
+    parse_error(
+        &with("inference_sidecar: {failure_mode: maybe}"),
+        "inference_sidecar.failure_mode",
+        "unknown variant",
+    );
+    assert_error(
+        &with("prompt_guard: {enabled: true, threshold: 1.5}"),
+        "prompt_guard.threshold",
+        "not in [0, 1]",
+    );
+    assert_error(
+        &with("prompt_guard: {block_status: 302}"),
+        "prompt_guard.block_status",
+        "not 200 or a 4xx",
+    );
+    assert_error(
+        &with("semantic_cache: {enabled: true, eviction_policy: fifo}"),
+        "semantic_cache.eviction_policy",
+        "only lru",
+    );
+    parse_error(
+        &with("semantic_cache: {backend_type: milvus}"),
+        "semantic_cache.backend_type",
+        "unknown variant",
+    );
+    assert_error(
+        &with("classifier: {domain_threshold: -1}"),
+        "classifier.domain_threshold",
+        "not in [0, 1]",
+    );
+    assert_eq!(
+        errors(&with(
+            "inference_sidecar: {address: \"10.0.0.5:50051\", timeout: 150ms, failure_mode: closed}\n\
+             prompt_guard: {enabled: true, threshold: 0.8, block_status: 403}\n\
+             semantic_cache: {enabled: true, backend_type: redis, redis: {address: \"127.0.0.1:6380\"}}"
+        )),
+        vec![]
+    );
 }
 
 #[test]

@@ -7,10 +7,26 @@ use super::*;
 use crate::signals::keyword::keyword_pattern;
 
 /// What the running router can serve. Signals and plugins that need the inference
-/// sidecar are refused (not silently ignored) when it is not available.
-#[derive(Debug, Clone, Copy, Default)]
+/// sidecar are refused (not silently ignored) where it cannot be called (the browser
+/// playground); the filter and the CLI have it.
+#[derive(Debug, Clone, Copy)]
 pub struct Capabilities {
     pub inference_sidecar: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            inference_sidecar: true,
+        }
+    }
+}
+
+impl Capabilities {
+    /// Keyword signals and header/body plugins only.
+    pub const KEYWORDS_ONLY: Capabilities = Capabilities {
+        inference_sidecar: false,
+    };
 }
 
 /// Checks a parsed config; an empty list means it is valid.
@@ -24,6 +40,7 @@ pub fn validate(cfg: &UserConfig, caps: Capabilities) -> Vec<ConfigError> {
     let models = v.providers(&cfg.providers);
     v.decisions(cfg, &names, &models);
     v.globals(cfg, &models);
+    v.sidecar_sections(cfg);
     v.errors
 }
 
@@ -450,7 +467,7 @@ impl Validator {
                         self.err(
                             format!("{p}.type"),
                             format!(
-                                "{kind} signals need the inference sidecar, which this router version does not call yet; \
+                                "{kind} signals need the inference sidecar, which this build cannot call; \
                                  only keyword conditions can be used"
                             ),
                         );
@@ -553,7 +570,7 @@ impl Validator {
             self.err(
                 format!("{p}.type"),
                 format!(
-                    "plugin '{}' needs the inference sidecar, which this router version does not call yet",
+                    "plugin '{}' needs the inference sidecar, which this build cannot call",
                     plugin.type_name()
                 ),
             );
@@ -586,6 +603,93 @@ impl Validator {
             }
         }
     }
+}
+
+impl Validator {
+    fn sidecar_sections(&mut self, cfg: &UserConfig) {
+        let sc = &cfg.inference_sidecar;
+        if let Err(e) = parse_host_port(&sc.address) {
+            self.err("inference_sidecar.address", e);
+        }
+        if !is_header_token(&sc.cluster) {
+            self.err(
+                "inference_sidecar.cluster",
+                format!("'{}' is not a valid cluster name", sc.cluster),
+            );
+        }
+        match parse_duration_ms(&sc.timeout) {
+            Ok(0) => self.err("inference_sidecar.timeout", "must be more than 0"),
+            Ok(ms) if ms > 60_000 => self.err(
+                "inference_sidecar.timeout",
+                "must be at most 60s (it is added to every routed request)",
+            ),
+            Ok(_) => {}
+            Err(e) => self.err("inference_sidecar.timeout", e),
+        }
+        let c = &cfg.classifier;
+        for (field, t) in [
+            ("domain_threshold", c.domain_threshold),
+            ("fact_check_threshold", c.fact_check_threshold),
+            ("user_feedback_threshold", c.user_feedback_threshold),
+            ("preference_threshold", c.preference_threshold),
+        ] {
+            self.threshold("classifier", field, Some(t));
+        }
+        let g = &cfg.prompt_guard;
+        self.threshold("prompt_guard", "threshold", Some(g.threshold));
+        if !(g.block_status == 200 || (400..=499).contains(&g.block_status)) {
+            self.err(
+                "prompt_guard.block_status",
+                format!("{} is not 200 or a 4xx status", g.block_status),
+            );
+        }
+        if g.enabled && !self.caps.inference_sidecar {
+            self.err(
+                "prompt_guard.enabled",
+                "the jailbreak guard needs the inference sidecar, which this build cannot call",
+            );
+        }
+        let c = &cfg.semantic_cache;
+        if !(c.similarity_threshold > 0.0 && c.similarity_threshold <= 1.0) {
+            self.err(
+                "semantic_cache.similarity_threshold",
+                format!("{} is not in (0, 1]", c.similarity_threshold),
+            );
+        }
+        if c.max_entries == 0 {
+            self.err("semantic_cache.max_entries", "must be at least 1");
+        }
+        if c.ttl_seconds == 0 {
+            self.err("semantic_cache.ttl_seconds", "must be at least 1");
+        }
+        if c.eviction_policy != "lru" {
+            self.err(
+                "semantic_cache.eviction_policy",
+                format!("'{}' is not supported (only lru)", c.eviction_policy),
+            );
+        }
+        if let Err(e) = parse_host_port(&c.redis.address) {
+            self.err("semantic_cache.redis.address", e);
+        }
+        if c.enabled && !self.caps.inference_sidecar {
+            self.err(
+                "semantic_cache.enabled",
+                "the semantic cache needs the inference sidecar, which this build cannot call",
+            );
+        }
+    }
+}
+
+/// `host:port` with an explicit port and no path.
+pub fn parse_host_port(s: &str) -> Result<Endpoint, String> {
+    let e = parse_endpoint(s, Protocol::Http)?;
+    if !e.path.is_empty() {
+        return Err(format!("'{s}' must be host:port without a path"));
+    }
+    if !s.trim().ends_with(&format!(":{}", e.port)) {
+        return Err(format!("'{s}' needs a port (host:port)"));
+    }
+    Ok(e)
 }
 
 fn is_effort(e: &str) -> bool {
