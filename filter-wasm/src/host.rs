@@ -1,6 +1,8 @@
 //! `HttpHost` over the `Result`-returning proxy-wasm hostcalls. A failed hostcall is
 //! logged and read as "absent"; nothing here can panic.
 
+use std::time::{Duration, UNIX_EPOCH};
+
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use router_core::flow::HttpHost;
@@ -86,4 +88,56 @@ impl HttpHost for ProxyWasmHost {
     fn log_debug(&self, message: &str) {
         log(LogLevel::Debug, message);
     }
+
+    fn response_body(&self, len: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, len)
+            .ok()
+            .flatten()
+    }
+
+    fn dispatch_grpc(
+        &mut self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        // The hostcall registers the token with the active (this HTTP) context, so the
+        // answer comes back to this request's `on_grpc_call_response`.
+        warn_on_err(
+            "dispatch_grpc_call",
+            hostcalls::dispatch_grpc_call(
+                cluster,
+                service,
+                method,
+                Vec::new(),
+                Some(message),
+                Duration::from_millis(timeout_ms),
+            ),
+        )
+    }
+
+    fn resume_request(&mut self) {
+        warn_on_err("resume_http_request", hostcalls::resume_http_request());
+    }
+
+    fn resume_response(&mut self) {
+        warn_on_err("resume_http_response", hostcalls::resume_http_response());
+    }
+
+    fn now_unix_secs(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// The body of a gRPC answer (None when there is none or it cannot be read).
+pub fn grpc_response_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
 }

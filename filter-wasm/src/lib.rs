@@ -5,24 +5,53 @@
 mod host;
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as WasmAction, BufferType, ContextType, LogLevel};
 use router_core::flow::{Action, RequestFlow};
+use router_core::router::rpc;
 use router_core::{config::UserConfig, Capabilities, Router};
 
 use host::ProxyWasmHost;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { router: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { router: None, registering: None }) });
 }}
 
 struct Root {
     router: Option<Rc<Router>>,
+    /// The in-flight `RegisterCandidates` call, while the sets are not registered yet.
+    registering: Option<u32>,
 }
 
-impl Context for Root {}
+/// Retry period for registering candidate sets while the sidecar is not up.
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _size: usize) {
+        if self.registering != Some(token_id) {
+            return;
+        }
+        self.registering = None;
+        if status_code == 0 {
+            host::log(
+                LogLevel::Info,
+                "vsr: candidate sets registered with the sidecar",
+            );
+            let _ = proxy_wasm::hostcalls::set_tick_period(Duration::ZERO);
+        } else {
+            // Keep ticking: the next tick tries again. Requests meanwhile register on demand.
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "vsr: registering candidate sets failed (gRPC status {status_code}); retrying"
+                ),
+            );
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
@@ -51,6 +80,10 @@ impl RootContext for Root {
             });
         match loaded {
             Ok(router) => {
+                if router.register_message().is_some() {
+                    // Registered from on_tick: clusters are not usable inside on_configure.
+                    let _ = proxy_wasm::hostcalls::set_tick_period(REGISTER_RETRY);
+                }
                 self.router = Some(Rc::new(router));
                 host::log(LogLevel::Info, "vsr: configuration loaded");
                 true
@@ -62,6 +95,33 @@ impl RootContext for Root {
                 );
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(router) = &self.router else {
+            return;
+        };
+        let Some(message) = router.register_message() else {
+            let _ = proxy_wasm::hostcalls::set_tick_period(Duration::ZERO);
+            return;
+        };
+        if self.registering.is_some() {
+            return;
+        }
+        match proxy_wasm::hostcalls::dispatch_grpc_call(
+            router.sidecar_cluster(),
+            rpc::SERVICE,
+            rpc::REGISTER_CANDIDATES,
+            Vec::new(),
+            Some(&message),
+            Duration::from_millis(router.sidecar_timeout_ms().max(2000)),
+        ) {
+            Ok(token) => self.registering = Some(token),
+            Err(e) => host::log(
+                LogLevel::Warn,
+                &format!("vsr: cannot call the sidecar to register candidate sets: {e:?}"),
+            ),
         }
     }
 
@@ -90,7 +150,21 @@ fn to_wasm(a: Action) -> WasmAction {
     }
 }
 
-impl Context for Filter {}
+impl Context for Filter {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let body = (status_code == 0)
+            .then(|| host::grpc_response_body(response_size))
+            .flatten();
+        self.flow.on_grpc_response(
+            &mut ProxyWasmHost {
+                body_size: self.body_size,
+            },
+            token_id,
+            status_code,
+            body,
+        );
+    }
+}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> WasmAction {
@@ -117,5 +191,15 @@ impl HttpContext for Filter {
         to_wasm(self.flow.on_response_headers(&mut ProxyWasmHost {
             body_size: self.body_size,
         }))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> WasmAction {
+        to_wasm(self.flow.on_response_body(
+            &mut ProxyWasmHost {
+                body_size: self.body_size,
+            },
+            body_size,
+            end_of_stream,
+        ))
     }
 }

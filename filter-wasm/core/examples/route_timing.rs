@@ -1,4 +1,4 @@
-//! Times `Router::route_chat` on the filter benchmark's config and request, natively.
+//! Times `Router::route` on the filter benchmark's config and request, natively.
 //! `cargo run --release -p router-core --example route_timing --features yaml`
 
 use std::time::Instant;
@@ -35,16 +35,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = Router::new(&cfg, &|_| None, Capabilities::default())
         .map_err(|e| format!("invalid bench config: {e:?}"))?;
     let body = br#"{"model":"MoM","messages":[{"role":"system","content":"You are helpful."},{"role":"user","content":"Can you explain how to solve this quadratic equation step by step and check the roots against the original equation please?"}],"temperature":0.2,"max_tokens":64}"#;
+    let route = |body: &[u8]| match router.route(body.to_vec(), 0) {
+        router_core::router::Step::Route(plan) => Ok(plan),
+        other => Err(format!("bench config should route directly, got {other:?}")),
+    };
     for _ in 0..1000 {
-        router.route_chat(body)?;
+        route(body)?;
     }
     let n = 100_000;
     let t = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(router.route_chat(std::hint::black_box(body))?);
+        std::hint::black_box(route(std::hint::black_box(body))?);
     }
     println!(
-        "route_chat: {:.2} µs/request",
+        "route: {:.2} µs/request",
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
     Ok(())

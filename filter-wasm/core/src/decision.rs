@@ -138,6 +138,7 @@ mod tests {
     fn signals(bits: &[bool]) -> SignalSet {
         SignalSet {
             keywords: bits.to_vec(),
+            ..Default::default()
         }
     }
 

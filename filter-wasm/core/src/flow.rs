@@ -1,10 +1,20 @@
 //! The per-request state machine the proxy-wasm shim drives. Host calls go through
 //! [`HttpHost`], so the same flow runs under Envoy and under the fake host in tests.
+//!
+//! A paused request is always resumed or answered: every sidecar outcome (answer, gRPC
+//! error, Envoy's timeout, a call that cannot even be dispatched) goes back through
+//! [`Router::resume`], which either routes, answers, or calls again.
 
 use std::rc::Rc;
 
 use crate::openai::ApiError;
-use crate::router::{HeaderOp, Router, ROUTING_HEADERS};
+use crate::response::LocalReply;
+use crate::router::{
+    rpc, CacheStore, CallOutcome, HeaderOp, Pending, RoutePlan, Router, Step, ROUTING_HEADERS,
+};
+
+/// Largest answer collected for the semantic cache; longer ones are passed on uncached.
+pub const MAX_CACHED_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// What the filter asks of its host. Errors from the host are the adapter's business:
 /// a missing header or body reads as `None`.
@@ -21,6 +31,22 @@ pub trait HttpHost {
     /// Answers the request locally; the upstream is never called.
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
     fn log_debug(&self, message: &str);
+    /// The current chunk of the response body (the flow never buffers the response).
+    fn response_body(&self, len: usize) -> Option<Vec<u8>>;
+    /// Starts a unary gRPC call to `cluster`; the answer arrives through
+    /// [`RequestFlow::on_grpc_response`] with the returned token.
+    fn dispatch_grpc(
+        &mut self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32>;
+    fn resume_request(&mut self);
+    fn resume_response(&mut self);
+    /// Unix time in seconds.
+    fn now_unix_secs(&self) -> u64;
 }
 
 /// What the shim returns to the proxy.
@@ -37,10 +63,34 @@ enum State {
     PassThrough,
     /// A chat completion whose body is being buffered, with the client's headers.
     BufferingChat(Vec<(String, String)>),
-    /// Routed; these headers go on a 2xx response.
-    Routed(Vec<(&'static str, String)>),
+    /// Waiting for the sidecar's answer to call `token`.
+    Calling {
+        token: u32,
+        pending: Pending,
+        client_headers: Vec<(String, String)>,
+    },
+    /// Routed; these headers go on a 2xx response, which may be stored in the cache.
+    Routed {
+        headers: Vec<(&'static str, String)>,
+        store: Option<CacheStore>,
+    },
+    /// Copying a 2xx answer (passed on as it comes) for the semantic cache.
+    Collecting {
+        store: CacheStore,
+        sse: bool,
+        body: Vec<u8>,
+    },
+    /// The last chunk waits until the cache has the answer: the call would be cancelled
+    /// with the stream otherwise.
+    Storing { token: u32 },
     /// Answered locally.
     Replied,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, _: &Self) -> bool {
+        false
+    }
 }
 
 pub struct RequestFlow {
@@ -133,45 +183,201 @@ impl RequestFlow {
                 &ApiError::invalid_request("request body is empty", None, "invalid_json"),
             );
         };
-        match self.router.route_chat(&body) {
-            Err(e) => self.error(host, &e),
-            Ok(plan) => {
-                for op in &plan.request_headers {
-                    match op {
-                        HeaderOp::Set(n, v) => host.set_request_header(n, Some(v)),
-                        HeaderOp::Add(n, v) => host.add_request_header(n, v),
-                        // Removing what the client never sent would be a wasted host call.
-                        HeaderOp::Remove(n) if header(client_headers, n).is_some() => {
-                            host.set_request_header(n, None)
+        let client_headers = client_headers.clone();
+        let step = self.router.route(body, host.now_unix_secs());
+        self.step(host, step, client_headers, false)
+    }
+
+    /// Carries out one router step. `resumed`: the request is paused and must be resumed
+    /// explicitly (we are in a gRPC callback, not in a filter callback).
+    fn step(
+        &mut self,
+        host: &mut dyn HttpHost,
+        mut step: Step,
+        client_headers: Vec<(String, String)>,
+        resumed: bool,
+    ) -> Action {
+        loop {
+            match step {
+                Step::Reply(reply) => {
+                    self.send(host, &reply);
+                    return Action::Pause;
+                }
+                Step::Route(plan) => {
+                    self.apply(host, plan, &client_headers);
+                    if resumed {
+                        host.resume_request();
+                    }
+                    return Action::Continue;
+                }
+                Step::Call(call) => {
+                    let token = host.dispatch_grpc(
+                        self.router.sidecar_cluster(),
+                        rpc::SERVICE,
+                        call.method,
+                        &call.message,
+                        self.router.sidecar_timeout_ms(),
+                    );
+                    match token {
+                        Some(token) => {
+                            self.state = State::Calling {
+                                token,
+                                pending: call.pending,
+                                client_headers,
+                            };
+                            return Action::Pause;
                         }
-                        HeaderOp::Remove(_) => {}
+                        None => {
+                            host.log_debug("vsr: sidecar call could not be dispatched");
+                            step = self.router.resume(call.pending, CallOutcome::Failed(14));
+                        }
                     }
                 }
-                if let Some(new_body) = &plan.body {
-                    // The stale length must not reach the upstream; the new one spares it a
-                    // chunked body.
-                    host.set_request_header("content-length", Some(&new_body.len().to_string()));
-                    host.replace_request_body(new_body);
-                }
-                self.state = State::Routed(plan.response_headers);
-                Action::Continue
             }
         }
     }
 
+    fn apply(
+        &mut self,
+        host: &mut dyn HttpHost,
+        plan: RoutePlan,
+        client_headers: &[(String, String)],
+    ) {
+        for op in &plan.request_headers {
+            match op {
+                HeaderOp::Set(n, v) => host.set_request_header(n, Some(v)),
+                HeaderOp::Add(n, v) => host.add_request_header(n, v),
+                // Removing what the client never sent would be a wasted host call.
+                HeaderOp::Remove(n) if header(client_headers, n).is_some() => {
+                    host.set_request_header(n, None)
+                }
+                HeaderOp::Remove(_) => {}
+            }
+        }
+        if let Some(new_body) = &plan.body {
+            // The stale length must not reach the upstream; the new one spares it a
+            // chunked body.
+            host.set_request_header("content-length", Some(&new_body.len().to_string()));
+            host.replace_request_body(new_body);
+        }
+        self.state = State::Routed {
+            headers: plan.response_headers,
+            store: plan.cache_store,
+        };
+    }
+
+    /// The answer to a gRPC call this flow made (`body` None on failure).
+    pub fn on_grpc_response(
+        &mut self,
+        host: &mut dyn HttpHost,
+        token: u32,
+        status: u32,
+        body: Option<Vec<u8>>,
+    ) {
+        match std::mem::take(&mut self.state) {
+            State::Calling {
+                token: expected,
+                pending,
+                client_headers,
+            } if expected == token => {
+                let outcome = match (&body, status) {
+                    (Some(b), 0) => CallOutcome::Ok(b),
+                    (None, 0) => CallOutcome::Ok(&[]),
+                    (_, code) => CallOutcome::Failed(code),
+                };
+                let step = self.router.resume(pending, outcome);
+                self.step(host, step, client_headers, true);
+            }
+            State::Storing { token: expected } if expected == token => {
+                if status != 0 {
+                    host.log_debug(&format!(
+                        "vsr: cache store failed with gRPC status {status}"
+                    ));
+                }
+                self.state = State::Replied;
+                host.resume_response();
+            }
+            other => self.state = other,
+        }
+    }
+
     pub fn on_response_headers(&mut self, host: &mut dyn HttpHost) -> Action {
-        if let State::Routed(headers) = &self.state {
+        if let State::Routed { headers, store } = &mut self.state {
             let status = host
                 .response_header(":status")
                 .and_then(|s| s.parse::<u32>().ok())
                 .unwrap_or(0);
             if (200..300).contains(&status) {
-                for (name, value) in headers {
+                for (name, value) in headers.iter() {
                     host.set_response_header(name, value);
+                }
+                if let Some(store) = store.take() {
+                    let content_type = host.response_header("content-type").unwrap_or_default();
+                    let sse = content_type.starts_with("text/event-stream");
+                    if sse || content_type.starts_with("application/json") {
+                        self.state = State::Collecting {
+                            store,
+                            sse,
+                            body: Vec::new(),
+                        };
+                    }
                 }
             }
         }
         Action::Continue
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &mut dyn HttpHost,
+        chunk_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let State::Collecting { store, sse, body } = &mut self.state else {
+            return Action::Continue;
+        };
+        if chunk_size > 0 {
+            if let Some(chunk) = host.response_body(chunk_size) {
+                body.extend_from_slice(&chunk);
+            }
+        }
+        if body.len() > MAX_CACHED_RESPONSE_BYTES {
+            self.state = State::Replied;
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Continue;
+        }
+        let Some(message) = Router::cache_store_message(store, body, *sse) else {
+            self.state = State::Replied;
+            return Action::Continue;
+        };
+        match host.dispatch_grpc(
+            self.router.sidecar_cluster(),
+            rpc::SERVICE,
+            rpc::CACHE_STORE,
+            &message,
+            self.router.sidecar_timeout_ms(),
+        ) {
+            Some(token) => {
+                self.state = State::Storing { token };
+                Action::Pause
+            }
+            None => {
+                self.state = State::Replied;
+                Action::Continue
+            }
+        }
+    }
+
+    fn send(&mut self, host: &mut dyn HttpHost, reply: &LocalReply) {
+        self.state = State::Replied;
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        host.send_response(reply.status, &headers, &reply.body);
     }
 
     fn error(&mut self, host: &mut dyn HttpHost, e: &ApiError) -> Action {

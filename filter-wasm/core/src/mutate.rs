@@ -24,6 +24,8 @@ pub struct Edits<'a> {
     pub model: Option<&'a str>,
     pub reasoning: Option<ReasoningEdit<'a>>,
     pub system_prompt: Option<(&'a str, SystemPromptMode)>,
+    /// Replaced messages: (index, new raw JSON, new text), e.g. PII masked.
+    pub messages: &'a [(usize, String, String)],
 }
 
 /// Writes the request with `edits` applied.
@@ -60,14 +62,12 @@ pub fn rewrite(req: &ChatRequest<'_>, edits: &Edits<'_>) -> Vec<u8> {
             "model" if edits.model.is_some() => {
                 push(&mut out, key, &json_string(edits.model.unwrap_or_default()));
             }
-            "messages" if edits.system_prompt.is_some() => {
-                if let Some((prompt, mode)) = edits.system_prompt {
-                    push(
-                        &mut out,
-                        key,
-                        &messages_with_system_prompt(req, prompt, mode),
-                    );
-                }
+            "messages" if edits.system_prompt.is_some() || !edits.messages.is_empty() => {
+                push(
+                    &mut out,
+                    key,
+                    &rewrite_messages(req, edits.system_prompt, edits.messages),
+                );
             }
             _ if Some(key) == kwargs_param => {
                 if let Some(ReasoningEdit::TemplateKwarg { param, on }) = &edits.reasoning {
@@ -110,11 +110,23 @@ pub fn rewrite(req: &ChatRequest<'_>, edits: &Edits<'_>) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn messages_with_system_prompt(
+fn rewrite_messages(
     req: &ChatRequest<'_>,
-    prompt: &str,
-    mode: SystemPromptMode,
+    system: Option<(&str, SystemPromptMode)>,
+    overrides: &[(usize, String, String)],
 ) -> String {
+    let replaced = |i: usize| overrides.iter().find(|(j, _, _)| *j == i);
+    let Some((prompt, mode)) = system else {
+        let mut out = String::from("[");
+        for (i, m) in req.messages.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(replaced(i).map_or(m.raw.get(), |(_, raw, _)| raw.as_str()));
+        }
+        out.push(']');
+        return out;
+    };
     let system_at = req.messages.iter().position(|m| m.role == Role::System);
     let new_system = |content: &str| {
         format!(
@@ -138,15 +150,19 @@ fn messages_with_system_prompt(
         if i > 0 || system_at.is_none() {
             out.push(',');
         }
+        let (raw, text) = match replaced(i) {
+            Some((_, raw, text)) => (raw.as_str(), text.as_str()),
+            None => (m.raw.get(), m.text.as_ref()),
+        };
         if Some(i) == system_at {
             let content = match mode {
                 SystemPromptMode::Replace => prompt.to_string(),
-                SystemPromptMode::Insert if m.text.is_empty() => prompt.to_string(),
-                SystemPromptMode::Insert => format!("{prompt}\n\n{}", m.text),
+                SystemPromptMode::Insert if text.is_empty() => prompt.to_string(),
+                SystemPromptMode::Insert => format!("{prompt}\n\n{text}"),
             };
             out.push_str(&new_system(&content));
         } else {
-            out.push_str(m.raw.get());
+            out.push_str(raw);
         }
     }
     out.push(']');

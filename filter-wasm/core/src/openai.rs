@@ -119,6 +119,8 @@ pub struct ChatRequest<'a> {
     pub model: Cow<'a, str>,
     pub stream: bool,
     pub messages: Vec<Message<'a>>,
+    /// The body this was parsed from.
+    pub source: &'a [u8],
 }
 
 impl<'a> ChatRequest<'a> {
@@ -220,6 +222,7 @@ impl<'a> ChatRequest<'a> {
             model,
             stream,
             messages,
+            source: body,
         })
     }
 

@@ -19,6 +19,8 @@ struct FakeHost {
     body: Vec<u8>,
     response: Vec<(String, String)>,
     reply: Option<Reply>,
+    /// gRPC methods the flow tried to call (this host cannot dispatch them).
+    calls: Vec<String>,
 }
 
 impl FakeHost {
@@ -86,6 +88,18 @@ impl HttpHost for FakeHost {
         self.reply = Some((status, headers, body.to_vec()));
     }
     fn log_debug(&self, _: &str) {}
+    fn response_body(&self, _: usize) -> Option<Vec<u8>> {
+        None
+    }
+    fn dispatch_grpc(&mut self, _: &str, _: &str, method: &str, _: &[u8], _: u64) -> Option<u32> {
+        self.calls.push(method.to_string());
+        None
+    }
+    fn resume_request(&mut self) {}
+    fn resume_response(&mut self) {}
+    fn now_unix_secs(&self) -> u64 {
+        1_700_000_000
+    }
 }
 
 const CONFIG: &str = r#"
