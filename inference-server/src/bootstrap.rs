@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use router_core::config::validate::{
-    parse_access_key, parse_duration_ms, parse_endpoint, AccessKey, Endpoint,
+    parse_access_key, parse_duration_ms, parse_endpoint, parse_host_port, AccessKey, Endpoint,
 };
 use router_core::config::{ConfigError, Protocol, UserConfig};
 use router_core::router::headers::SELECTED_MODEL;
@@ -144,11 +144,20 @@ fn bootstrap(cfg: &UserConfig, opts: &Options<'_>) -> Result<Value, Vec<ConfigEr
         return Err(errors);
     }
 
-    let clusters: Vec<Value> = upstreams
+    let mut clusters: Vec<Value> = upstreams
         .iter()
         .flat_map(|u| &u.clusters)
         .map(|c| cluster(c, opts.ca_bundle))
         .collect();
+    if cfg.needs_sidecar() {
+        match parse_host_port(&cfg.inference_sidecar.address) {
+            Ok(endpoint) => clusters.push(sidecar_cluster(&cfg.inference_sidecar.cluster, &endpoint)),
+            Err(e) => errors.push(ConfigError::new("inference_sidecar.address", e)),
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+    }
     Ok(json!({
         "admin": {"address": socket_address("127.0.0.1", u32::from(opts.admin_port))},
         "static_resources": {"listeners": listeners, "clusters": clusters},
@@ -311,6 +320,27 @@ fn router_filter() -> Value {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     })
+}
+
+/// The inference sidecar: gRPC, so HTTP/2 to the upstream.
+fn sidecar_cluster(name: &str, endpoint: &Endpoint) -> Value {
+    let mut c = cluster(
+        &Cluster {
+            name: name.to_string(),
+            endpoint: endpoint.clone(),
+            protocol: Protocol::Http,
+            weight: 1,
+        },
+        Path::new(""),
+    );
+    c["connect_timeout"] = json!("1s");
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    });
+    c
 }
 
 fn cluster(c: &Cluster, ca_bundle: &Path) -> Value {

@@ -792,6 +792,28 @@ impl UserConfig {
         serde_path_to_error::deserialize(de).map_err(|e| path_error(source, e))
     }
 
+    /// Whether routing this config calls the inference sidecar: a decision uses a model
+    /// signal, or a guard or the cache is enabled somewhere.
+    pub fn needs_sidecar(&self) -> bool {
+        fn model_signal(g: &RuleGroup) -> bool {
+            g.conditions.iter().any(|c| match c {
+                Condition::Signal { kind, .. } => *kind != SignalKind::Keyword,
+                Condition::Group(inner) => model_signal(inner),
+            })
+        }
+        self.prompt_guard.enabled
+            || self.semantic_cache.enabled
+            || self.decisions.iter().any(|d| {
+                model_signal(&d.rules)
+                    || d.plugins.iter().any(|p| match p {
+                        Plugin::Jailbreak(j) => j.enabled,
+                        Plugin::Pii(x) => x.enabled,
+                        Plugin::SemanticCache(c) => c.enabled,
+                        _ => false,
+                    })
+            })
+    }
+
     pub fn default_model(&self) -> Option<&str> {
         self.providers
             .default_model
