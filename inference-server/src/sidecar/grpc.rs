@@ -9,8 +9,9 @@ use tonic::{Request, Response, Status};
 use vsr_proto::v1 as pb;
 use vsr_proto::v1::inference_server::{Inference, InferenceServer};
 
+use crate::sidecar::cache::{Cache, Lookup, Stored};
 use crate::sidecar::error::InferError;
-use crate::sidecar::infer::{ClassifyRequest, Infer, InputInfo, TaskOutput, Timing};
+use crate::sidecar::infer::{ClassifyRequest, ExtraText, Infer, InputInfo, TaskOutput, Timing};
 use crate::sidecar::tasks::decode::{Entity, SequenceResult, TokenLabel};
 
 impl From<InferError> for Status {
@@ -31,15 +32,20 @@ impl From<InferError> for Status {
     }
 }
 
-/// The tonic service over the engine.
+/// The tonic service over the engine and the semantic cache.
 pub struct GrpcService {
     infer: Infer,
+    cache: Cache,
 }
 
 impl GrpcService {
     /// The service with message size limits (larger is RESOURCE_EXHAUSTED).
-    pub fn server(infer: Infer, max_message_bytes: usize) -> InferenceServer<GrpcService> {
-        InferenceServer::new(GrpcService { infer })
+    pub fn server(
+        infer: Infer,
+        cache: Cache,
+        max_message_bytes: usize,
+    ) -> InferenceServer<GrpcService> {
+        InferenceServer::new(GrpcService { infer, cache })
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes)
     }
@@ -99,6 +105,23 @@ fn entity_pb(e: Entity) -> pb::EntitySpan {
     }
 }
 
+fn results_pb(results: Vec<(String, TaskOutput)>) -> Vec<pb::TaskResult> {
+    results
+        .into_iter()
+        .map(|(task, o)| pb::TaskResult {
+            task,
+            output: Some(match o {
+                TaskOutput::Sequence(s) => pb::task_result::Output::Sequence(sequence_pb(s)),
+                TaskOutput::Entities(es) => {
+                    pb::task_result::Output::Tokens(pb::TokenClassification {
+                        entities: es.into_iter().map(entity_pb).collect(),
+                    })
+                }
+            }),
+        })
+        .collect()
+}
+
 fn token_pb(t: TokenLabel) -> pb::TokenLabel {
     pb::TokenLabel {
         start: t.start as u32,
@@ -112,7 +135,7 @@ fn token_pb(t: TokenLabel) -> pb::TokenLabel {
 
 #[tonic::async_trait]
 impl Inference for GrpcService {
-    #[tracing::instrument(skip_all, fields(tasks = ?request.get_ref().tasks))]
+    #[tracing::instrument(skip_all, fields(tasks = ?request.get_ref().tasks, extra_texts = request.get_ref().extra_texts.len()))]
     async fn classify(
         &self,
         request: Request<pb::ClassifyRequest>,
@@ -125,26 +148,18 @@ impl Inference for GrpcService {
                 tasks: r.tasks,
                 candidate_sets: r.candidate_sets,
                 top_k: r.top_k as usize,
+                extra_texts: r
+                    .extra_texts
+                    .into_iter()
+                    .map(|x| ExtraText {
+                        text: x.text,
+                        tasks: x.tasks,
+                    })
+                    .collect(),
             })
             .await?;
         let msg = pb::ClassifyResponse {
-            results: out
-                .results
-                .into_iter()
-                .map(|(task, o)| pb::TaskResult {
-                    task,
-                    output: Some(match o {
-                        TaskOutput::Sequence(s) => {
-                            pb::task_result::Output::Sequence(sequence_pb(s))
-                        }
-                        TaskOutput::Entities(es) => {
-                            pb::task_result::Output::Tokens(pb::TokenClassification {
-                                entities: es.into_iter().map(entity_pb).collect(),
-                            })
-                        }
-                    }),
-                })
-                .collect(),
+            results: results_pb(out.results),
             embedding: out.embedding.map(|values| pb::Embedding {
                 values,
                 input: Some(input_pb(&out.input)),
@@ -166,6 +181,14 @@ impl Inference for GrpcService {
                 .collect(),
             input: Some(input_pb(&out.input)),
             timing: Some(timing_pb(&out.timing)),
+            extra_results: out
+                .extra_results
+                .into_iter()
+                .map(|x| pb::ExtraResult {
+                    results: results_pb(x.results),
+                    input: Some(input_pb(&x.input)),
+                })
+                .collect(),
         };
         Ok(reply(msg, &out.timing))
     }
@@ -274,17 +297,61 @@ impl Inference for GrpcService {
         Ok(reply(msg, &out.timing))
     }
 
+    #[tracing::instrument(skip_all, fields(partition_bytes = request.get_ref().partition.len()))]
     async fn cache_lookup(
         &self,
-        _request: Request<pb::CacheLookupRequest>,
+        request: Request<pb::CacheLookupRequest>,
     ) -> Result<Response<pb::CacheLookupResponse>, Status> {
-        Err(Status::unimplemented("the semantic cache is not built yet"))
+        let r = request.into_inner();
+        let (out, took) = self
+            .cache
+            .lookup(&r.partition, r.embedding, r.similarity_threshold)
+            .await?;
+        let t = Timing {
+            total: took,
+            ..Timing::default()
+        };
+        let (hit, response, similarity, bypass_reason) = match out {
+            Lookup::Hit {
+                response,
+                similarity,
+            } => (true, response.to_vec(), similarity, String::new()),
+            Lookup::Miss { similarity } => (false, Vec::new(), similarity, String::new()),
+            Lookup::Bypass { reason } => (false, Vec::new(), 0.0, reason.to_string()),
+        };
+        let msg = pb::CacheLookupResponse {
+            hit,
+            response,
+            similarity,
+            bypass_reason,
+            timing: Some(timing_pb(&t)),
+        };
+        Ok(reply(msg, &t))
     }
 
+    #[tracing::instrument(skip_all, fields(partition_bytes = request.get_ref().partition.len()))]
     async fn cache_store(
         &self,
-        _request: Request<pb::CacheStoreRequest>,
+        request: Request<pb::CacheStoreRequest>,
     ) -> Result<Response<pb::CacheStoreResponse>, Status> {
-        Err(Status::unimplemented("the semantic cache is not built yet"))
+        let r = request.into_inner();
+        let (out, took) = self
+            .cache
+            .store(&r.partition, r.embedding, r.response, r.ttl_seconds)
+            .await?;
+        let t = Timing {
+            total: took,
+            ..Timing::default()
+        };
+        let (stored, bypass_reason) = match out {
+            Stored::Stored => (true, String::new()),
+            Stored::Bypass { reason } => (false, reason.to_string()),
+        };
+        let msg = pb::CacheStoreResponse {
+            stored,
+            bypass_reason,
+            timing: Some(timing_pb(&t)),
+        };
+        Ok(reply(msg, &t))
     }
 }

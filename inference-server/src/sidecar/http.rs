@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::sidecar::error::InferError;
 use crate::sidecar::infer::TaskOutput;
-use crate::sidecar::infer::{ClassifyRequest, Infer, Timing};
+use crate::sidecar::infer::{ClassifyRequest, ExtraText, Infer, Timing};
 
 /// An engine error on its way to an HTTP client.
 #[derive(Debug)]
@@ -191,6 +191,34 @@ struct ClassifyBody {
     candidate_sets: Vec<String>,
     #[serde(default)]
     top_k: usize,
+    #[serde(default)]
+    extra_texts: Vec<ExtraTextBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExtraTextBody {
+    text: String,
+    tasks: Vec<String>,
+}
+
+/// Task results as a JSON object keyed by task name.
+fn results_json(results: Vec<(String, TaskOutput)>) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for (task, o) in results {
+        let v = match o {
+            TaskOutput::Sequence(r) => {
+                let scores: BTreeMap<String, f32> = r.scores.into_iter().collect();
+                json!({"label": r.label, "confidence": r.confidence, "scores": scores})
+            }
+            TaskOutput::Entities(es) => json!({"entities": es.into_iter().map(|e| json!({
+                "type": e.kind, "start": e.start, "end": e.end, "score": e.score, "source": "model",
+                "byte_start": e.byte_start, "byte_end": e.byte_end,
+            })).collect::<Vec<_>>()}),
+        };
+        out.insert(task, v);
+    }
+    out
 }
 
 async fn classify(
@@ -205,22 +233,17 @@ async fn classify(
             tasks: req.tasks,
             candidate_sets: req.candidate_sets,
             top_k: req.top_k,
+            extra_texts: req
+                .extra_texts
+                .into_iter()
+                .map(|x| ExtraText {
+                    text: x.text,
+                    tasks: x.tasks,
+                })
+                .collect(),
         })
         .await?;
-    let mut results = serde_json::Map::new();
-    for (task, o) in out.results {
-        let v = match o {
-            TaskOutput::Sequence(r) => {
-                let scores: BTreeMap<String, f32> = r.scores.into_iter().collect();
-                json!({"label": r.label, "confidence": r.confidence, "scores": scores})
-            }
-            TaskOutput::Entities(es) => json!({"entities": es.into_iter().map(|e| json!({
-                "type": e.kind, "start": e.start, "end": e.end, "score": e.score, "source": "model",
-                "byte_start": e.byte_start, "byte_end": e.byte_end,
-            })).collect::<Vec<_>>()}),
-        };
-        results.insert(task, v);
-    }
+    let mut results = results_json(out.results);
     if let Some(e) = out.embedding {
         results.insert("embedding".into(), json!({"embedding": e}));
     }
@@ -244,6 +267,19 @@ async fn classify(
             })
             .collect();
         body["similarities"] = Value::Object(sims);
+    }
+    if !out.extra_results.is_empty() {
+        body["extra_results"] = Value::Array(
+            out.extra_results
+                .into_iter()
+                .map(|x| {
+                    json!({
+                        "results": results_json(x.results),
+                        "input": {"tokens": x.input.tokens, "truncated": x.input.truncated},
+                    })
+                })
+                .collect(),
+        );
     }
     Ok((timing_headers(&out.timing), Json(body)).into_response())
 }

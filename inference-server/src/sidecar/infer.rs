@@ -60,6 +60,23 @@ pub struct ClassifyRequest {
     pub tasks: Vec<String>,
     pub candidate_sets: Vec<String>,
     pub top_k: usize,
+    /// More texts (earlier turns, the system prompt) with their own head
+    /// tasks; each becomes another row of the same batch.
+    pub extra_texts: Vec<ExtraText>,
+}
+
+/// A further text of a Classify call and the head tasks it wants.
+#[derive(Debug, Clone, Default)]
+pub struct ExtraText {
+    pub text: String,
+    pub tasks: Vec<String>,
+}
+
+/// The head results of one [`ExtraText`], in its task order.
+#[derive(Debug, Clone)]
+pub struct ExtraResult {
+    pub results: Vec<(String, TaskOutput)>,
+    pub input: InputInfo,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +93,8 @@ pub struct ClassifyResponse {
     pub similarities: Vec<(String, Vec<CandidateScore>)>,
     pub input: InputInfo,
     pub timing: Timing,
+    /// One per extra text, in request order.
+    pub extra_results: Vec<ExtraResult>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,12 +217,18 @@ impl Infer {
 
     /// Every signal for one text in one pass.
     pub async fn classify(&self, req: ClassifyRequest) -> Result<ClassifyResponse, InferError> {
-        let labels: Vec<String> = req
+        let mut labels: Vec<String> = req
             .tasks
             .iter()
             .map(|t| self.task_label(t))
             .chain((!req.candidate_sets.is_empty()).then(|| "similarity".to_string()))
             .collect();
+        for t in req.extra_texts.iter().flat_map(|x| &x.tasks) {
+            let l = self.task_label(t);
+            if !labels.contains(&l) {
+                labels.push(l);
+            }
+        }
         let started = Instant::now();
         let result = self.classify_inner(req, started).await;
         self.observe("classify", &labels, &result, started);
@@ -284,17 +309,13 @@ impl Infer {
                 wants.embedding = true;
                 continue;
             }
-            let id = self.resolve(
-                name,
-                "Classify",
-                &[TaskKind::Sequence, TaskKind::Token],
-                false,
-            )?;
+            let id = self.resolve_head(name)?;
             if !wants.tasks.contains(&id) {
                 wants.tasks.push(id);
                 heads.push((name.clone(), id));
             }
         }
+        let extra_heads = self.check_extra_texts(&req.extra_texts)?;
         let mut sets = Vec::with_capacity(req.candidate_sets.len());
         for name in &req.candidate_sets {
             let set = self
@@ -308,9 +329,18 @@ impl Infer {
         wants.embedding |= !sets.is_empty();
 
         let t0 = Instant::now();
-        let text = req.text.clone();
-        let enc = self
-            .tokenize(req.text.len(), move |t| t.encode(&text))
+        // Row 0 is `text`, then one row per extra text.
+        let texts: Vec<String> = std::iter::once(req.text.clone())
+            .chain(req.extra_texts.iter().map(|x| x.text.clone()))
+            .collect();
+        let bytes = texts.iter().map(String::len).sum();
+        let encs = self
+            .tokenize(bytes, move |tok| {
+                texts
+                    .iter()
+                    .map(|t| tok.encode(t))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .await?;
         let tokenize = t0.elapsed();
         self.inner
@@ -318,34 +348,31 @@ impl Infer {
             .tokenize_duration
             .observe(tokenize.as_secs_f64());
 
-        let row = Row {
-            ids: enc.ids.clone(),
-            type_ids: enc.type_ids.clone(),
-            wants,
-        };
-        let mut res = self.submit(vec![row]).await?;
-        let out = std::mem::take(&mut res.outputs)
-            .into_iter()
-            .next()
-            .unwrap_or_default();
-        let mut results = Vec::with_capacity(heads.len());
-        for (name, id) in heads {
-            let spec = &self.inner.tasks[id];
-            let output = match head(&out, id)? {
-                HeadOutput::Sequence(logits) => {
-                    TaskOutput::Sequence(decode::sequence(&spec.labels, &decode::softmax(logits)))
-                }
-                HeadOutput::Tokens { logits, num_labels } => {
-                    let probs: Vec<Vec<f32>> = logits
-                        .chunks_exact(*num_labels)
-                        .map(decode::softmax)
-                        .collect();
-                    let tokens =
-                        decode::token_labels(&spec.labels, &probs, &enc.offsets, &req.text);
-                    TaskOutput::Entities(decode::entities(&tokens, &req.text))
-                }
-            };
-            results.push((name, output));
+        let row_wants = std::iter::once(wants).chain(extra_heads.iter().map(|hs| Wants {
+            embedding: false,
+            tasks: hs.iter().map(|(_, id)| *id).collect(),
+        }));
+        let rows = encs
+            .iter()
+            .zip(row_wants)
+            .map(|(e, wants)| Row {
+                ids: e.ids.clone(),
+                type_ids: e.type_ids.clone(),
+                wants,
+            })
+            .collect();
+        let mut res = self.submit(rows).await?;
+        let mut outs = std::mem::take(&mut res.outputs).into_iter();
+        let out = outs.next().unwrap_or_default();
+        let enc = &encs[0];
+        let results = self.decode_heads(&out, heads, enc, &req.text)?;
+        let mut extra_results = Vec::with_capacity(extra_heads.len());
+        for ((x, hs), e) in req.extra_texts.iter().zip(extra_heads).zip(&encs[1..]) {
+            let o = outs.next().ok_or_else(|| missing_output("extra text"))?;
+            extra_results.push(ExtraResult {
+                results: self.decode_heads(&o, hs, e, &x.text)?,
+                input: InputInfo::from(e),
+            });
         }
         let embedding = out.embedding;
         let similarities = match &embedding {
@@ -359,9 +386,105 @@ impl Infer {
             results,
             embedding: if return_embedding { embedding } else { None },
             similarities,
-            input: InputInfo::from(&enc),
+            input: InputInfo::from(enc),
             timing: timing(&res, tokenize, started),
+            extra_results,
         })
+    }
+
+    /// Validates the extra texts of a Classify call; returns each one's
+    /// (task name, id) list, duplicates removed.
+    fn check_extra_texts(
+        &self,
+        extras: &[ExtraText],
+    ) -> Result<Vec<Vec<(String, TaskId)>>, InferError> {
+        let max = self.inner.limits.max_batch_texts;
+        if extras.len() > max {
+            return Err(InferError::InvalidArgument {
+                param: "extra_texts",
+                message: format!("{} extra texts exceed the limit of {max}", extras.len()),
+            });
+        }
+        let max_bytes = self.inner.limits.max_text_bytes;
+        let mut all = Vec::with_capacity(extras.len());
+        for (i, x) in extras.iter().enumerate() {
+            let invalid = |param, message| InferError::InvalidArgument { param, message };
+            if x.text.trim().is_empty() {
+                return Err(invalid(
+                    "extra_texts.text",
+                    format!("extra_texts[{i}].text must not be empty"),
+                ));
+            }
+            if x.text.len() > max_bytes {
+                return Err(invalid(
+                    "extra_texts.text",
+                    format!(
+                        "extra_texts[{i}].text: {} bytes exceed the limit of {max_bytes}",
+                        x.text.len()
+                    ),
+                ));
+            }
+            if x.tasks.is_empty() {
+                return Err(invalid(
+                    "extra_texts.tasks",
+                    format!("extra_texts[{i}] asks for no task"),
+                ));
+            }
+            let mut heads: Vec<(String, TaskId)> = Vec::with_capacity(x.tasks.len());
+            for name in &x.tasks {
+                if name == EMBEDDING {
+                    return Err(invalid(
+                        "extra_texts.tasks",
+                        format!("extra_texts[{i}]: only head tasks, not `{EMBEDDING}`"),
+                    ));
+                }
+                let id = self.resolve_head(name)?;
+                if !heads.iter().any(|(_, h)| *h == id) {
+                    heads.push((name.clone(), id));
+                }
+            }
+            all.push(heads);
+        }
+        Ok(all)
+    }
+
+    /// A head task Classify can serve (sequence or token kind).
+    fn resolve_head(&self, name: &str) -> Result<TaskId, InferError> {
+        self.resolve(
+            name,
+            "Classify",
+            &[TaskKind::Sequence, TaskKind::Token],
+            false,
+        )
+    }
+
+    /// Turns one row's raw head outputs into task results.
+    fn decode_heads(
+        &self,
+        out: &SequenceOutput,
+        heads: Vec<(String, TaskId)>,
+        enc: &Encoded,
+        text: &str,
+    ) -> Result<Vec<(String, TaskOutput)>, InferError> {
+        let mut results = Vec::with_capacity(heads.len());
+        for (name, id) in heads {
+            let spec = &self.inner.tasks[id];
+            let output = match head(out, id)? {
+                HeadOutput::Sequence(logits) => {
+                    TaskOutput::Sequence(decode::sequence(&spec.labels, &decode::softmax(logits)))
+                }
+                HeadOutput::Tokens { logits, num_labels } => {
+                    let probs: Vec<Vec<f32>> = logits
+                        .chunks_exact(*num_labels)
+                        .map(decode::softmax)
+                        .collect();
+                    let tokens = decode::token_labels(&spec.labels, &probs, &enc.offsets, text);
+                    TaskOutput::Entities(decode::entities(&tokens, text))
+                }
+            };
+            results.push((name, output));
+        }
+        Ok(results)
     }
 
     async fn embed_inner(
