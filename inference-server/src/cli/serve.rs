@@ -3,9 +3,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::sidecar::cache::{CacheBackendKind, CacheConfig};
 use crate::sidecar::infer::EngineLimits;
 use crate::sidecar::queue::BatchLimits;
 use crate::sidecar::{Sidecar, SidecarConfig, DEFAULT_BASE_MODEL};
@@ -58,6 +60,31 @@ pub struct ServeArgs {
     /// Largest gRPC message / HTTP body in bytes.
     #[arg(long, env = "VSR_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Semantic cache backend: `memory` (this process), `redis` (shared by
+    /// every replica) or `off` (every lookup misses with bypass `cache_off`).
+    #[arg(long, env = "VSR_CACHE_BACKEND", value_enum, default_value_t = CacheBackendKind::Memory)]
+    pub cache_backend: CacheBackendKind,
+    /// Memory cache: entries held in total; the least recently used go first.
+    #[arg(long, env = "VSR_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub cache_max_entries: usize,
+    /// Lifetime of an entry stored with `ttl_seconds: 0`.
+    #[arg(long, env = "VSR_CACHE_TTL_SECONDS", default_value_t = 3_600)]
+    pub cache_ttl_seconds: u64,
+    /// Redis cache: server URL (`redis://[:password@]host:port[/db]`).
+    #[arg(long, env = "VSR_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Redis cache: deadline of one cache call's Redis work (connect and
+    /// round trips); past it the call misses with bypass `redis_unavailable`.
+    #[arg(long, env = "VSR_CACHE_REDIS_TIMEOUT_MS", default_value_t = 50)]
+    pub cache_redis_timeout_ms: u64,
+    /// Redis cache: entries per partition (a lookup reads the whole
+    /// partition, ~1.5 KiB per 384-d entry); the least recently used go first.
+    #[arg(
+        long,
+        env = "VSR_CACHE_REDIS_MAX_PARTITION_ENTRIES",
+        default_value_t = 1_000
+    )]
+    pub cache_redis_max_partition_entries: usize,
 }
 
 impl ServeArgs {
@@ -82,6 +109,14 @@ impl ServeArgs {
                 ..d.limits
             },
             max_message_bytes: self.max_message_bytes,
+            cache: CacheConfig {
+                backend: self.cache_backend,
+                max_entries: self.cache_max_entries,
+                default_ttl: Duration::from_secs(self.cache_ttl_seconds),
+                redis_url: self.redis_url.clone(),
+                redis_timeout: Duration::from_millis(self.cache_redis_timeout_ms),
+                redis_max_partition_entries: self.cache_redis_max_partition_entries,
+            },
         }
     }
 }

@@ -33,6 +33,16 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Entries dropped because their caller went away before compute.
     pub cancelled: IntCounter,
+    /// `vsr_cache_lookups_total{result}`: `hit`, `miss` or `bypass`.
+    pub cache_lookups: IntCounterVec,
+    /// `vsr_cache_stores_total{result}`: `stored` or `bypass`.
+    pub cache_stores: IntCounterVec,
+    /// `vsr_cache_entries`: entries held (memory backend).
+    pub cache_entries: IntGauge,
+    /// `vsr_cache_evictions_total{reason}`: `capacity` (LRU) or `expired`.
+    pub cache_evictions: IntCounterVec,
+    /// `vsr_cache_lookup_duration_seconds`: validation + backend.
+    pub cache_lookup_duration: Histogram,
 }
 
 fn seconds(name: &str, help: &str) -> prometheus::Result<Histogram> {
@@ -92,6 +102,41 @@ impl Metrics {
                 "vsr_cancelled_total",
                 "Requests dropped from the queue because the caller went away",
             )?,
+            cache_lookups: IntCounterVec::new(
+                Opts::new(
+                    "vsr_cache_lookups_total",
+                    "Semantic cache lookups by result (hit, miss, bypass)",
+                ),
+                &["result"],
+            )?,
+            cache_stores: IntCounterVec::new(
+                Opts::new(
+                    "vsr_cache_stores_total",
+                    "Semantic cache stores by result (stored, bypass)",
+                ),
+                &["result"],
+            )?,
+            cache_entries: IntGauge::new(
+                "vsr_cache_entries",
+                "Entries held by the in-memory semantic cache",
+            )?,
+            cache_evictions: IntCounterVec::new(
+                Opts::new(
+                    "vsr_cache_evictions_total",
+                    "Semantic cache entries removed, by reason (capacity, expired)",
+                ),
+                &["reason"],
+            )?,
+            cache_lookup_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "vsr_cache_lookup_duration_seconds",
+                    "Semantic cache lookup time (validation + backend)",
+                )
+                .buckets(vec![
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                    0.01, 0.025, 0.05, 0.1, 0.25,
+                ]),
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -105,6 +150,12 @@ impl Metrics {
         m.registry.register(Box::new(m.batch_tokens.clone()))?;
         m.registry.register(Box::new(m.queue_depth.clone()))?;
         m.registry.register(Box::new(m.cancelled.clone()))?;
+        m.registry.register(Box::new(m.cache_lookups.clone()))?;
+        m.registry.register(Box::new(m.cache_stores.clone()))?;
+        m.registry.register(Box::new(m.cache_entries.clone()))?;
+        m.registry.register(Box::new(m.cache_evictions.clone()))?;
+        m.registry
+            .register(Box::new(m.cache_lookup_duration.clone()))?;
         Ok(m)
     }
 

@@ -7,9 +7,11 @@
 //! * [`tasks`]: task-head files, discovery and logits decoding;
 //! * [`tokenize`], [`queue`] (batching + backend thread), [`infer`] (the
 //!   protocol-agnostic engine API), [`candidates`];
-//! * [`grpc`], [`http`], [`metrics`]; [`error`] (mapped once per protocol).
+//! * [`grpc`], [`http`], [`metrics`]; [`error`] (mapped once per protocol);
+//! * [`cache`]: the semantic cache behind `CacheLookup` / `CacheStore`.
 
 pub mod backend;
+pub mod cache;
 pub mod candidates;
 pub mod error;
 pub mod grpc;
@@ -33,6 +35,7 @@ use tokio::sync::watch;
 
 use crate::sidecar::backend::candle::{parse_device, CandleBackend};
 use crate::sidecar::backend::Backend;
+use crate::sidecar::cache::{Cache, CacheConfig};
 use crate::sidecar::infer::{EngineLimits, Infer};
 use crate::sidecar::metrics::Metrics;
 use crate::sidecar::queue::{BatchLimits, Queue};
@@ -60,6 +63,8 @@ pub struct SidecarConfig {
     pub limits: EngineLimits,
     /// Largest gRPC message / HTTP body.
     pub max_message_bytes: usize,
+    /// The semantic cache (`CacheLookup` / `CacheStore`).
+    pub cache: CacheConfig,
 }
 
 impl Default for SidecarConfig {
@@ -84,6 +89,7 @@ impl Default for SidecarConfig {
                 max_candidates_per_set: 1_024,
             },
             max_message_bytes: 4 * 1024 * 1024,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -130,6 +136,9 @@ pub struct Sidecar {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     infer: Infer,
+    cache: Cache,
+    /// Periodic TTL sweep of the memory cache.
+    sweeper: Option<tokio::task::JoinHandle<()>>,
     serving: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     health: tonic_health::server::HealthReporter,
@@ -146,6 +155,16 @@ impl Sidecar {
         let (infer, backend) = tokio::task::spawn_blocking(move || build_engine(&c))
             .await
             .context("engine loader panicked")??;
+        let cache = Cache::new(
+            &cfg.cache,
+            infer.info().hidden_size,
+            infer.metrics().clone(),
+        )
+        .await
+        .context("semantic cache")?;
+        let sweeper = cache
+            .memory()
+            .map(|m| cache::memory::spawn_sweeper(m, cache::memory::SWEEP_EVERY));
         let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
             .await
             .with_context(|| format!("binding gRPC {}", cfg.grpc_addr))?;
@@ -175,6 +194,7 @@ impl Sidecar {
                 .add_service(reflection)
                 .add_service(grpc::GrpcService::server(
                     infer.clone(),
+                    cache.clone(),
                     cfg.max_message_bytes,
                 ))
                 .serve_with_incoming_shutdown(
@@ -200,6 +220,8 @@ impl Sidecar {
             grpc_addr,
             http_addr,
             infer,
+            cache,
+            sweeper,
             serving,
             stop,
             health,
@@ -211,6 +233,10 @@ impl Sidecar {
 
     pub fn infer(&self) -> &Infer {
         &self.infer
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// Graceful stop: health turns NOT_SERVING, servers stop accepting and
@@ -226,6 +252,9 @@ impl Sidecar {
         let grpc = self.grpc.await.context("gRPC server task")?;
         let http = self.http.await.context("HTTP server task")?;
         self.infer.close();
+        if let Some(s) = self.sweeper {
+            s.abort();
+        }
         let backend = self.backend;
         tokio::task::spawn_blocking(move || backend.join())
             .await?
