@@ -152,6 +152,17 @@ fn to_wasm(a: Action) -> WasmAction {
 
 impl Context for Filter {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if status_code != 0 {
+            let (_, message) =
+                proxy_wasm::hostcalls::get_grpc_status().unwrap_or((status_code, None));
+            host::log(
+                LogLevel::Warn,
+                &format!(
+                    "vsr: sidecar call failed: gRPC status {status_code}: {}",
+                    message.as_deref().unwrap_or("(no message)")
+                ),
+            );
+        }
         let body = (status_code == 0)
             .then(|| host::grpc_response_body(response_size))
             .flatten();

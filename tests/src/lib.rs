@@ -8,10 +8,12 @@
 pub mod http;
 pub mod paths;
 pub mod proc;
+pub mod sidecar;
 pub mod stack;
 
 pub use http::{Reply, RAW_TIMEOUT};
 pub use proc::Proc;
+pub use sidecar::{Redis, Sidecar};
 pub use stack::Stack;
 
 use std::net::TcpListener;

@@ -1,8 +1,9 @@
 //! One router under test: a config template made concrete with free ports, a `vsr mock-llm`
 //! per backend it names, the bootstrap from `vsr render`, and Envoy running it.
 //!
-//! Templates use `@LISTENER_PORT@` for the listener port and `@MOCK:name@` for
-//! `127.0.0.1:<port>` of a mock backend called `name` (one process per distinct name).
+//! Templates use `@LISTENER_PORT@` for the listener port, `@MOCK:name@` for
+//! `127.0.0.1:<port>` of a mock backend called `name` (one process per distinct name) and
+//! `@SIDECAR@` for the address of the inference sidecar the caller started.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,11 +62,24 @@ impl Stack {
     /// Starts everything for `template`; `env` goes to Envoy (and `vsr render`, which
     /// checks `${VAR}` access keys the same way the filter will).
     pub fn start(template: &str, env: &[(&str, &str)]) -> Stack {
+        Stack::start_with_sidecar(template, env, None)
+    }
+
+    /// Like [`Stack::start`], with `@SIDECAR@` replaced by `sidecar` (`host:port`).
+    pub fn start_with_sidecar(
+        template: &str,
+        env: &[(&str, &str)],
+        sidecar: Option<&str>,
+    ) -> Stack {
         let (vsr, envoy, wasm) = (paths::vsr(), paths::envoy(), paths::wasm());
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let admin_port = free_port();
-        let (config, mocks) = instantiate(template, port);
+        let template = match sidecar {
+            Some(addr) => template.replace("@SIDECAR@", addr),
+            None => template.to_string(),
+        };
+        let (config, mocks) = instantiate(&template, port);
         let config_path = dir.path().join("config.yaml");
         std::fs::write(&config_path, &config).expect("write config");
 
