@@ -91,16 +91,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let used = data::subsample(dataset.examples.len(), max, seed);
         data::split(&used, |i| dataset.examples[i].label, frac, seed).1
     };
-    let examples: Vec<(&str, &str)> = indices
-        .iter()
-        .map(|&i| {
-            let e = &dataset.examples[i];
-            (e.text.as_str(), dataset.labels[e.label].as_str())
-        })
-        .collect();
-    let report = task.confusion(&examples, 32)?.report();
+    let scored = task.score(&dataset, &indices, 32)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(&scored)?);
     } else {
         println!(
             "{} on {} ({}):\n",
@@ -112,7 +105,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 "validation split"
             }
         );
-        println!("{}", report.to_markdown());
+        println!("{}", scored.to_markdown());
     }
     Ok(ExitCode::SUCCESS)
 }

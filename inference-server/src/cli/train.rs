@@ -12,7 +12,7 @@ use crate::training::{card, data, evaluate, trainer};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Task to train (so far: `domain`).
+    /// Task to train: `domain`, `jailbreak`, `fact_check` or `feedback`.
     #[arg(long)]
     pub task: String,
     /// Datasets root (with a `<task>/` folder) or the task's data folder.
@@ -93,31 +93,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     // Prove the directory loads as served and measure it that way.
     let eval_tokens = 512;
     let task = evaluate::load_task(&base_dir, &args.out, eval_tokens)?;
-    let val: Vec<(&str, &str)> = outcome
-        .val_indices
-        .iter()
-        .map(|&i| {
-            let e = &dataset.examples[i];
-            (e.text.as_str(), dataset.labels[e.label].as_str())
-        })
-        .collect();
-    let report = task.confusion(&val, 32)?.report();
+    let scored = task.score(&dataset, &outcome.val_indices, 32)?;
+    let report = &scored.report;
     let wall_secs = wall.elapsed().as_secs_f64();
     let md = card::render(&card::CardInputs {
         cfg: &cfg,
         outcome: &outcome,
-        source: &format!("`{}` (`question` → `category`)", dataset.source.display()),
+        sources: &dataset.sources,
         label_note: &dataset.label_note,
         total_examples: dataset.examples.len(),
         base_model: &base_id,
         base_sha256: &base_sha,
-        report: &report,
+        scored: &scored,
         eval_max_tokens: eval_tokens,
         wall_secs,
         command: &command,
     });
     std::fs::write(args.out.join("model-card.md"), md)?;
-    println!("{}", report.to_markdown());
+    println!("{}", scored.to_markdown());
     println!(
         "wrote {} (best epoch {}, validation accuracy {:.4}, macro-F1 {:.4}, {:.0} s)",
         args.out.display(),

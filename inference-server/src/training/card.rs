@@ -2,18 +2,19 @@
 
 use std::fmt::Write;
 
-use super::metrics::Report;
+use super::evaluate::Scored;
 use super::trainer::{TrainConfig, TrainOutcome};
 
 pub struct CardInputs<'a> {
     pub cfg: &'a TrainConfig,
     pub outcome: &'a TrainOutcome,
-    pub source: &'a str,
+    /// One line per input file.
+    pub sources: &'a [String],
     pub label_note: &'a str,
     pub total_examples: usize,
     pub base_model: &'a str,
     pub base_sha256: &'a str,
-    pub report: &'a Report,
+    pub scored: &'a Scored,
     pub eval_max_tokens: usize,
     pub wall_secs: f64,
     pub command: &'a str,
@@ -29,7 +30,9 @@ pub fn render(c: &CardInputs) -> String {
         "Sequence classifier for the inference sidecar (docs/SIDECAR.md), trained by `vsr train`.\n"
     );
     let _ = writeln!(s, "## Data\n");
-    let _ = writeln!(s, "* source: {}", c.source);
+    for src in c.sources {
+        let _ = writeln!(s, "* source: {src}");
+    }
     let _ = writeln!(s, "* labels: {}", c.label_note);
     let used = o.train_examples + o.val_indices.len();
     let subset = match cfg.max_examples {
@@ -76,10 +79,10 @@ pub fn render(c: &CardInputs) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Validation metrics\n\nComputed after saving, by loading this directory through the sidecar's task discovery and `CandleBackend` (inputs up to {} tokens, as served):\n",
+        "\n## Validation metrics\n\nComputed after saving, by loading this directory through the sidecar's task discovery and `CandleBackend` (inputs up to {} tokens, as served). The validation split also chose the epoch (early stopping), so these numbers are slightly optimistic for unseen data:\n",
         c.eval_max_tokens
     );
-    s.push_str(&c.report.to_markdown());
+    s.push_str(&c.scored.to_markdown());
     let _ = writeln!(s, "\n## Reproduce\n\n```sh\n{}\n```", c.command);
     s
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use candle_core::Device;
 
-use super::metrics::Confusion;
+use super::data::Dataset;
+use super::metrics::{Confusion, Report};
 use crate::sidecar::backend::candle::CandleBackend;
 use crate::sidecar::backend::{Backend, Batch, HeadOutput, TaskFiles, Wants};
 use crate::sidecar::tasks::{self, TaskKind};
@@ -135,6 +136,254 @@ impl LoadedTask {
         }
         Ok(c)
     }
+}
+
+/// Validation metrics plus what the model card shows beside them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Scored {
+    pub report: Report,
+    /// Share of `benign` examples predicted as anything else (tasks with a
+    /// `benign` label).
+    pub benign_false_positive_rate: Option<f64>,
+    pub by_origin: Vec<OriginStats>,
+    pub probes: Vec<ProbeStats>,
+    pub checks: Vec<CheckResult>,
+}
+
+/// Accuracy on the examples of one data source.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OriginStats {
+    pub origin: String,
+    pub examples: usize,
+    pub accuracy: f64,
+    /// Predictions per label, in label order.
+    pub predicted: Vec<usize>,
+}
+
+/// Predicted labels of a probe set (texts outside training and validation).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProbeStats {
+    pub name: String,
+    pub examples: usize,
+    pub predicted: Vec<usize>,
+}
+
+/// One acceptance example and the head's answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckResult {
+    pub text: String,
+    pub expected: String,
+    pub label: String,
+    /// Softmax probability of the predicted label.
+    pub confidence: f32,
+    /// Softmax probability of the expected label.
+    pub p_expected: f32,
+}
+
+impl LoadedTask {
+    /// Scores `indices` of `data` (its validation split, say), its probes
+    /// and the task's acceptance examples.
+    pub fn score(
+        &self,
+        data: &Dataset,
+        indices: &[usize],
+        batch_size: usize,
+    ) -> anyhow::Result<Scored> {
+        anyhow::ensure!(
+            self.labels() == data.labels.as_slice(),
+            "the task's labels {:?} differ from the data's {:?}",
+            self.labels(),
+            data.labels
+        );
+        let n = data.labels.len();
+        let texts: Vec<&str> = indices
+            .iter()
+            .map(|&i| data.examples[i].text.as_str())
+            .collect();
+        let pred = self.predict(&texts, batch_size)?;
+        let mut c = Confusion::new(data.labels.clone());
+        let mut by_origin: Vec<(usize, usize, Vec<usize>)> =
+            vec![(0, 0, vec![0; n]); data.origins.len()];
+        for (&i, (p, _)) in indices.iter().zip(&pred) {
+            let e = &data.examples[i];
+            c.add(e.label, *p);
+            let o = &mut by_origin[e.origin];
+            o.0 += 1;
+            o.1 += usize::from(e.label == *p);
+            o.2[*p] += 1;
+        }
+        let benign_false_positive_rate = data.labels.iter().position(|l| l == "benign").map(|b| {
+            let support: usize = c.counts[b].iter().sum();
+            if support == 0 {
+                0.0
+            } else {
+                1.0 - c.counts[b][b] as f64 / support as f64
+            }
+        });
+        let by_origin = data
+            .origins
+            .iter()
+            .zip(by_origin)
+            .filter(|(_, (examples, _, _))| *examples > 0)
+            .map(|(origin, (examples, correct, predicted))| OriginStats {
+                origin: origin.clone(),
+                examples,
+                accuracy: correct as f64 / examples as f64,
+                predicted,
+            })
+            .collect();
+        let mut probes = Vec::new();
+        for p in &data.probes {
+            let texts: Vec<&str> = p.texts.iter().map(String::as_str).collect();
+            let mut predicted = vec![0; n];
+            for (l, _) in self.predict(&texts, batch_size)? {
+                predicted[l] += 1;
+            }
+            probes.push(ProbeStats {
+                name: p.name.clone(),
+                examples: texts.len(),
+                predicted,
+            });
+        }
+        let checks = self.check(super::data::acceptance_examples(&self.files.spec.name))?;
+        Ok(Scored {
+            report: c.report(),
+            benign_false_positive_rate,
+            by_origin,
+            probes,
+            checks,
+        })
+    }
+
+    /// The head's answers to `(text, expected label)` pairs.
+    pub fn check(&self, examples: &[(&str, &str)]) -> anyhow::Result<Vec<CheckResult>> {
+        let texts: Vec<&str> = examples.iter().map(|(t, _)| *t).collect();
+        let logits = self.logits(&texts, 8)?;
+        examples
+            .iter()
+            .zip(logits)
+            .map(|((text, expected), l)| {
+                let probs = softmax(&l);
+                let (best, confidence) = argmax_softmax(&l);
+                let e = self
+                    .labels()
+                    .iter()
+                    .position(|x| x == expected)
+                    .with_context(|| {
+                        format!("expected label `{expected}` is not among the task's labels")
+                    })?;
+                Ok(CheckResult {
+                    text: text.to_string(),
+                    expected: expected.to_string(),
+                    label: self.labels()[best].clone(),
+                    confidence,
+                    p_expected: probs[e],
+                })
+            })
+            .collect()
+    }
+}
+
+impl Scored {
+    /// The report's tables, then the benign false-positive rate, accuracy
+    /// per source, probe sets and acceptance examples where there are any.
+    pub fn to_markdown(&self) -> String {
+        use std::fmt::Write;
+        let mut s = self.report.to_markdown();
+        let labels = &self.report.labels;
+        if let Some(fpr) = self.benign_false_positive_rate {
+            let _ = writeln!(
+                s,
+                "
+false-positive rate on `benign` (benign examples predicted as anything else): {fpr:.4}"
+            );
+        }
+        let dist = |p: &[usize]| -> String {
+            labels
+                .iter()
+                .zip(p)
+                .map(|(l, n)| format!("{l} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if self.by_origin.len() > 1 {
+            let _ = writeln!(
+                s,
+                "
+per source (validation examples from each input)
+"
+            );
+            let _ = writeln!(s, "| source | examples | accuracy | predicted |");
+            let _ = writeln!(s, "|---|---:|---:|---|");
+            for o in &self.by_origin {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.3} | {} |",
+                    o.origin,
+                    o.examples,
+                    o.accuracy,
+                    dist(&o.predicted)
+                );
+            }
+        }
+        if !self.probes.is_empty() {
+            let _ = writeln!(
+                s,
+                "
+probe sets (not used for training or validation)
+"
+            );
+            let _ = writeln!(s, "| set | examples | predicted |");
+            let _ = writeln!(s, "|---|---:|---|");
+            for p in &self.probes {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} |",
+                    p.name,
+                    p.examples,
+                    dist(&p.predicted)
+                );
+            }
+        }
+        if !self.checks.is_empty() {
+            let _ = writeln!(
+                s,
+                "
+acceptance examples
+"
+            );
+            let _ = writeln!(
+                s,
+                "| text | expected | predicted | confidence | P(expected) |"
+            );
+            let _ = writeln!(s, "|---|---|---|---:|---:|");
+            for c in &self.checks {
+                let mut t: String = c.text.chars().take(80).collect();
+                if t.len() < c.text.len() {
+                    t.push('…');
+                }
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {}{} | {:.3} | {:.3} |",
+                    t.replace('|', "\\|"),
+                    c.expected,
+                    c.label,
+                    if c.label == c.expected { "" } else { " ✗" },
+                    c.confidence,
+                    c.p_expected
+                );
+            }
+        }
+        s
+    }
+}
+
+/// Softmax of a logit row.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+    let z: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / z).collect()
 }
 
 /// Index of the largest logit and its softmax probability.

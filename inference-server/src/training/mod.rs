@@ -2,15 +2,18 @@
 //! encoder layers + a linear head) and evaluating them through the sidecar's
 //! own task loading. First slice: sequence-classification tasks (`domain`).
 //!
-//! * [`data`] — dataset discovery, label mapping, seeded stratified split;
+//! * [`data`] — dataset discovery, label mapping, seeded stratified split
+//!   (readers: [`csv`]; templated `feedback` replies: [`feedback_templates`]);
 //! * [`metrics`] — confusion matrix, accuracy, macro-F1, per-class P/R;
 //! * [`trainer`] — frozen-feature cache, train loop, task writer;
 //! * [`evaluate`] — scores a task directory through `CandleBackend`;
 //! * [`card`] — `model-card.md`.
 
 pub mod card;
+pub mod csv;
 pub mod data;
 pub mod evaluate;
+pub mod feedback_templates;
 pub mod metrics;
 pub mod trainer;
 
