@@ -102,7 +102,11 @@ async fn classify_runs_every_task_in_one_call() {
             text.is_char_boundary(e.byte_start as usize)
                 && text.is_char_boundary(e.byte_end as usize)
         );
-        assert!(PII_LABELS.iter().any(|l| l.ends_with(e.r#type.as_str())));
+        // Model spans carry the head's types; recognizer spans their own.
+        assert!(
+            e.source == "pattern" || PII_LABELS.iter().any(|l| l.ends_with(e.r#type.as_str())),
+            "{e:?}"
+        );
     }
     // The embedding rides along and equals a plain Embed of the same text.
     let emb = resp.embedding.unwrap().values;

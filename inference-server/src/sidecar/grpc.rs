@@ -102,6 +102,7 @@ fn entity_pb(e: Entity) -> pb::EntitySpan {
         score: e.score,
         byte_start: e.byte_start as u32,
         byte_end: e.byte_end as u32,
+        source: e.source.to_string(),
     }
 }
 

@@ -212,7 +212,7 @@ fn results_json(results: Vec<(String, TaskOutput)>) -> serde_json::Map<String, V
                 json!({"label": r.label, "confidence": r.confidence, "scores": scores})
             }
             TaskOutput::Entities(es) => json!({"entities": es.into_iter().map(|e| json!({
-                "type": e.kind, "start": e.start, "end": e.end, "score": e.score, "source": "model",
+                "type": e.kind, "start": e.start, "end": e.end, "score": e.score, "source": e.source,
                 "byte_start": e.byte_start, "byte_end": e.byte_end,
             })).collect::<Vec<_>>()}),
         };

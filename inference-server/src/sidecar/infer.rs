@@ -15,7 +15,7 @@ use crate::sidecar::error::InferError;
 use crate::sidecar::metrics::{Metrics, STATUS_OK};
 use crate::sidecar::queue::{Entry, EntryResult, Queue, Row};
 use crate::sidecar::tasks::decode::{self, Entity, SequenceResult, TokenLabel};
-use crate::sidecar::tasks::{TaskKind, TaskSpec, CATALOGUE, EMBEDDING, TASK_FILE};
+use crate::sidecar::tasks::{pii, TaskKind, TaskSpec, CATALOGUE, EMBEDDING, TASK_FILE};
 use crate::sidecar::tokenize::{Encoded, Tokenization, TokenizeError};
 
 /// Bounds on what one call may ask for.
@@ -122,6 +122,10 @@ pub struct TokenLabelsResponse {
     pub results: Vec<(Vec<TokenLabel>, usize)>,
     pub timing: Timing,
 }
+
+/// A head task of a Classify row: the installed task, or `None` for `pii`
+/// without a trained head (its recognizers alone).
+type HeadRef = (String, Option<TaskId>);
 
 /// Byte range of a token in its text (`None`: not part of it).
 type ByteSpan = Option<(usize, usize)>;
@@ -303,15 +307,15 @@ impl Infer {
             });
         }
         let mut wants = Wants::default();
-        let mut heads: Vec<(String, TaskId)> = Vec::new();
+        let mut heads: Vec<HeadRef> = Vec::new();
         for name in &req.tasks {
             if name == EMBEDDING {
                 wants.embedding = true;
                 continue;
             }
             let id = self.resolve_head(name)?;
-            if !wants.tasks.contains(&id) {
-                wants.tasks.push(id);
+            if !heads.iter().any(|(_, h)| *h == id) {
+                wants.tasks.extend(id);
                 heads.push((name.clone(), id));
             }
         }
@@ -350,25 +354,48 @@ impl Infer {
 
         let row_wants = std::iter::once(wants).chain(extra_heads.iter().map(|hs| Wants {
             embedding: false,
-            tasks: hs.iter().map(|(_, id)| *id).collect(),
+            tasks: hs.iter().filter_map(|(_, id)| *id).collect(),
         }));
-        let rows = encs
-            .iter()
-            .zip(row_wants)
-            .map(|(e, wants)| Row {
-                ids: e.ids.clone(),
-                type_ids: e.type_ids.clone(),
-                wants,
-            })
-            .collect();
-        let mut res = self.submit(rows).await?;
-        let mut outs = std::mem::take(&mut res.outputs).into_iter();
-        let out = outs.next().unwrap_or_default();
+        // Rows that want nothing of the model (only recognizers) are not queued.
+        let (mut rows, mut queued) = (Vec::new(), Vec::with_capacity(encs.len()));
+        for (e, wants) in encs.iter().zip(row_wants) {
+            let needed = wants.embedding || !wants.tasks.is_empty();
+            queued.push(needed);
+            if needed {
+                rows.push(Row {
+                    ids: e.ids.clone(),
+                    type_ids: e.type_ids.clone(),
+                    wants,
+                });
+            }
+        }
+        let mut res = if rows.is_empty() {
+            EntryResult {
+                outputs: Vec::new(),
+                queue: Duration::ZERO,
+                inference: Duration::ZERO,
+            }
+        } else {
+            self.submit(rows).await?
+        };
+        let mut model_outs = std::mem::take(&mut res.outputs).into_iter();
+        let mut outs = queued.into_iter().map(|q| {
+            if q {
+                model_outs
+                    .next()
+                    .ok_or_else(|| missing_output("classify row"))
+            } else {
+                Ok(SequenceOutput::default())
+            }
+        });
+        let out = outs
+            .next()
+            .unwrap_or_else(|| Ok(SequenceOutput::default()))?;
         let enc = &encs[0];
         let results = self.decode_heads(&out, heads, enc, &req.text)?;
         let mut extra_results = Vec::with_capacity(extra_heads.len());
         for ((x, hs), e) in req.extra_texts.iter().zip(extra_heads).zip(&encs[1..]) {
-            let o = outs.next().ok_or_else(|| missing_output("extra text"))?;
+            let o = outs.next().ok_or_else(|| missing_output("extra text"))??;
             extra_results.push(ExtraResult {
                 results: self.decode_heads(&o, hs, e, &x.text)?,
                 input: InputInfo::from(e),
@@ -394,10 +421,7 @@ impl Infer {
 
     /// Validates the extra texts of a Classify call; returns each one's
     /// (task name, id) list, duplicates removed.
-    fn check_extra_texts(
-        &self,
-        extras: &[ExtraText],
-    ) -> Result<Vec<Vec<(String, TaskId)>>, InferError> {
+    fn check_extra_texts(&self, extras: &[ExtraText]) -> Result<Vec<Vec<HeadRef>>, InferError> {
         let max = self.inner.limits.max_batch_texts;
         if extras.len() > max {
             return Err(InferError::InvalidArgument {
@@ -430,7 +454,7 @@ impl Infer {
                     format!("extra_texts[{i}] asks for no task"),
                 ));
             }
-            let mut heads: Vec<(String, TaskId)> = Vec::with_capacity(x.tasks.len());
+            let mut heads: Vec<HeadRef> = Vec::with_capacity(x.tasks.len());
             for name in &x.tasks {
                 if name == EMBEDDING {
                     return Err(invalid(
@@ -448,38 +472,54 @@ impl Infer {
         Ok(all)
     }
 
-    /// A head task Classify can serve (sequence or token kind).
-    fn resolve_head(&self, name: &str) -> Result<TaskId, InferError> {
+    /// A head task Classify can serve (sequence or token kind); `None` for
+    /// `pii` without a trained head, served by its recognizers alone.
+    fn resolve_head(&self, name: &str) -> Result<Option<TaskId>, InferError> {
+        if name == pii::PII_TASK && !self.inner.by_name.contains_key(name) {
+            return Ok(None);
+        }
         self.resolve(
             name,
             "Classify",
             &[TaskKind::Sequence, TaskKind::Token],
             false,
         )
+        .map(Some)
     }
 
     /// Turns one row's raw head outputs into task results.
     fn decode_heads(
         &self,
         out: &SequenceOutput,
-        heads: Vec<(String, TaskId)>,
+        heads: Vec<HeadRef>,
         enc: &Encoded,
         text: &str,
     ) -> Result<Vec<(String, TaskOutput)>, InferError> {
         let mut results = Vec::with_capacity(heads.len());
         for (name, id) in heads {
+            let Some(id) = id else {
+                // `pii` without a head: the recognizers alone.
+                results.push((name, TaskOutput::Entities(pii::union(text, Vec::new()))));
+                continue;
+            };
             let spec = &self.inner.tasks[id];
             let output = match head(out, id)? {
                 HeadOutput::Sequence(logits) => {
                     TaskOutput::Sequence(decode::sequence(&spec.labels, &decode::softmax(logits)))
                 }
                 HeadOutput::Tokens { logits, num_labels } => {
-                    let probs: Vec<Vec<f32>> = logits
-                        .chunks_exact(*num_labels)
-                        .map(decode::softmax)
-                        .collect();
-                    let tokens = decode::token_labels(&spec.labels, &probs, &enc.offsets, text);
-                    TaskOutput::Entities(decode::entities(&tokens, text))
+                    let model = decode::token_entities(
+                        &spec.labels,
+                        logits,
+                        *num_labels,
+                        &enc.offsets,
+                        text,
+                    );
+                    TaskOutput::Entities(if spec.name == pii::PII_TASK {
+                        pii::union(text, model)
+                    } else {
+                        model
+                    })
                 }
             };
             results.push((name, output));

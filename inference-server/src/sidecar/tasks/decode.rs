@@ -18,7 +18,14 @@ pub struct Entity {
     pub byte_start: usize,
     pub byte_end: usize,
     pub score: f32,
+    /// Who found it: [`SOURCE_MODEL`] or [`SOURCE_PATTERN`].
+    pub source: &'static str,
 }
+
+/// [`Entity::source`] of spans decoded from a token head.
+pub const SOURCE_MODEL: &str = "model";
+/// [`Entity::source`] of spans found by a deterministic recognizer.
+pub const SOURCE_PATTERN: &str = "pattern";
 
 /// One labelled token (character and byte offsets, end exclusive).
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +138,19 @@ pub fn token_labels(
         .collect()
 }
 
+/// A token head's raw logits for one text (row-major `[tokens, num_labels]`,
+/// special tokens included, `offsets` as in [`token_labels`]) → entity spans.
+pub fn token_entities(
+    labels: &[String],
+    logits: &[f32],
+    num_labels: usize,
+    offsets: &[Option<(usize, usize)>],
+    text: &str,
+) -> Vec<Entity> {
+    let probs: Vec<Vec<f32>> = logits.chunks_exact(num_labels).map(softmax).collect();
+    entities(&token_labels(labels, &probs, offsets, text), text)
+}
+
 /// Labelled tokens → entity spans: `B-X` starts a span, `I-X`/`X` continues
 /// a span of the same type (or starts one), `O` ends it. Word pieces of one
 /// word that got different tags still join the span they started in.
@@ -167,6 +187,7 @@ pub fn entities(tokens: &[TokenLabel], text: &str) -> Vec<Entity> {
                             byte_start: t.byte_start,
                             byte_end: t.byte_end,
                             score: t.score,
+                            source: SOURCE_MODEL,
                         },
                         1,
                     ));

@@ -8,6 +8,7 @@
 //!   for the top `top_layers` layers. Full reference: docs/SIDECAR.md.
 
 pub mod decode;
+pub mod pii;
 pub mod random;
 pub mod recognizers;
 
@@ -18,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::sidecar::backend::TaskFiles;
 
 /// Tasks the router knows by name, with the kind each must have. A request
-/// for one of these whose head is not installed fails naming the task; any
-/// other name must be an installed task.
+/// for one of these whose head is not installed fails naming the task
+/// (except `pii`, which then answers from its recognizers alone, see
+/// [`pii`]); any other name must be an installed task.
 pub const CATALOGUE: [(&str, TaskKind); 7] = [
     ("domain", TaskKind::Sequence),
     ("jailbreak", TaskKind::Sequence),
