@@ -126,11 +126,11 @@ impl HttpHost for ProxyWasmHost {
         warn_on_err("resume_http_response", hostcalls::resume_http_response());
     }
 
-    fn now_unix_secs(&self) -> u64 {
+    fn now_unix_ms(&self) -> u64 {
         hostcalls::get_current_time()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs())
+            .map(|d| d.as_millis() as u64)
             .unwrap_or(0)
     }
 }

@@ -13,6 +13,8 @@ use crate::router::{
     rpc, CacheStore, CallOutcome, HeaderOp, Pending, RoutePlan, Router, Step, ROUTING_HEADERS,
 };
 
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+
 /// Largest answer collected for the semantic cache; longer ones are passed on uncached.
 pub const MAX_CACHED_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -45,8 +47,8 @@ pub trait HttpHost {
     ) -> Option<u32>;
     fn resume_request(&mut self);
     fn resume_response(&mut self);
-    /// Unix time in seconds.
-    fn now_unix_secs(&self) -> u64;
+    /// Unix time in milliseconds.
+    fn now_unix_ms(&self) -> u64;
 }
 
 /// What the shim returns to the proxy.
@@ -68,6 +70,7 @@ enum State {
         token: u32,
         pending: Pending,
         client_headers: Vec<(String, String)>,
+        started_ms: u64,
     },
     /// Routed; these headers go on a 2xx response, which may be stored in the cache.
     Routed {
@@ -184,7 +187,7 @@ impl RequestFlow {
             );
         };
         let client_headers = client_headers.clone();
-        let step = self.router.route(body, host.now_unix_secs());
+        let step = self.router.route(body, host.now_unix_ms() / 1000);
         self.step(host, step, client_headers, false)
     }
 
@@ -224,6 +227,7 @@ impl RequestFlow {
                                 token,
                                 pending: call.pending,
                                 client_headers,
+                                started_ms: host.now_unix_ms(),
                             };
                             return Action::Pause;
                         }
@@ -279,10 +283,15 @@ impl RequestFlow {
                 token: expected,
                 pending,
                 client_headers,
+                started_ms,
             } if expected == token => {
+                // Envoy reports its own call timeout as UNAVAILABLE: tell it apart by time.
+                let timed_out = host.now_unix_ms().saturating_sub(started_ms)
+                    >= self.router.sidecar_timeout_ms();
                 let outcome = match (&body, status) {
                     (Some(b), 0) => CallOutcome::Ok(b),
                     (None, 0) => CallOutcome::Ok(&[]),
+                    (_, _) if timed_out => CallOutcome::Failed(GRPC_DEADLINE_EXCEEDED),
                     (_, code) => CallOutcome::Failed(code),
                 };
                 let step = self.router.resume(pending, outcome);

@@ -97,8 +97,8 @@ impl HttpHost for FakeHost {
     }
     fn resume_request(&mut self) {}
     fn resume_response(&mut self) {}
-    fn now_unix_secs(&self) -> u64 {
-        1_700_000_000
+    fn now_unix_ms(&self) -> u64 {
+        1_700_000_000_000
     }
 }
 
