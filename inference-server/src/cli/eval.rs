@@ -83,12 +83,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         .cloned()
         .unwrap_or_default();
     let indices: Vec<usize> = if args.all || split.is_null() {
-        (0..dataset.examples.len()).collect()
+        (0..dataset.validated).collect()
     } else {
         let seed = split["seed"].as_u64().unwrap_or(42);
         let frac = split["val_fraction"].as_f64().unwrap_or(0.1);
         let max = split["max_examples"].as_u64().map(|m| m as usize);
-        let used = data::subsample(dataset.examples.len(), max, seed);
+        let used = data::subsample(dataset.validated, max, seed);
         data::split(&used, |i| dataset.examples[i].label, frac, seed).1
     };
     let scored = task.score(&dataset, &indices, 32)?;

@@ -51,6 +51,23 @@ pub struct TrainArgs {
     /// Stop after this many epochs without a better validation accuracy.
     #[arg(long, default_value_t = 2)]
     pub patience: usize,
+    /// Linear modules of the trained layers that carry LoRA, comma-separated
+    /// (`attention.self.{query,key,value}`, `attention.output.dense`,
+    /// `intermediate.dense`, `output.dense`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "attention.self.query,attention.self.value"
+    )]
+    pub lora_targets: Vec<String>,
+    /// Widths of hidden dense layers in the head (tanh), comma-separated;
+    /// none: a linear head.
+    #[arg(long, value_delimiter = ',')]
+    pub head_hidden: Vec<usize>,
+    /// `domain` only: also train on the MMLU questions in `domain/mmlu/`
+    /// (training only; the validation split stays MMLU-Pro's).
+    #[arg(long)]
+    pub mmlu_extra: bool,
     /// Base encoder: a local directory or a Hugging Face hub id.
     #[arg(long, env = "VSR_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
     pub base_model: String,
@@ -63,7 +80,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         .collect::<Vec<_>>()
         .join(" ");
     let (base_dir, base_id) = resolve_base(&args.base_model)?;
-    let dataset = data::load(&args.task, &args.data)?;
+    let dataset = data::load_with(
+        &args.task,
+        &args.data,
+        data::LoadOptions {
+            mmlu_extra: args.mmlu_extra,
+        },
+    )?;
     let cfg = trainer::TrainConfig {
         task: args.task.clone(),
         epochs: args.epochs,
@@ -78,12 +101,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         val_fraction: args.val_fraction,
         patience: args.patience.max(1),
         weight_decay: 0.01,
+        lora_targets: args.lora_targets.clone(),
+        head_hidden: args.head_hidden.clone(),
     };
     let base_sha = trainer::sha256_file(&base_dir.join("model.safetensors"))?;
     let metadata = serde_json::json!({
         "trained_by": "vsr train",
         "dataset": dataset.source.file_name().map(|f| f.to_string_lossy().into_owned()),
         "split": {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "max_examples": cfg.max_examples},
+        "extra_training_data": args.mmlu_extra.then_some("mmlu"),
         "base_model": base_id,
         "base_model_sha256": base_sha,
     });
@@ -101,7 +127,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         outcome: &outcome,
         sources: &dataset.sources,
         label_note: &dataset.label_note,
-        total_examples: dataset.examples.len(),
+        total_examples: dataset.validated,
+        extra_examples: dataset.examples.len() - dataset.validated,
         base_model: &base_id,
         base_sha256: &base_sha,
         scored: &scored,

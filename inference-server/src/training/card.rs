@@ -12,6 +12,8 @@ pub struct CardInputs<'a> {
     pub sources: &'a [String],
     pub label_note: &'a str,
     pub total_examples: usize,
+    /// Training-only examples (not in the split).
+    pub extra_examples: usize,
     pub base_model: &'a str,
     pub base_sha256: &'a str,
     pub scored: &'a Scored,
@@ -33,8 +35,19 @@ pub fn render(c: &CardInputs) -> String {
     for src in c.sources {
         let _ = writeln!(s, "* source: {src}");
     }
+    let _ = writeln!(
+        s,
+        "* label list (task.json order): {}",
+        c.outcome
+            .spec
+            .labels
+            .iter()
+            .map(|l| format!("`{l}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(s, "* labels: {}", c.label_note);
-    let used = o.train_examples + o.val_indices.len();
+    let used = o.train_examples - c.extra_examples + o.val_indices.len();
     let subset = match cfg.max_examples {
         Some(m) if m < c.total_examples => format!(
             " — a seeded subset (`--max-examples {m}`) of the {} examples in the file",
@@ -46,10 +59,17 @@ pub fn render(c: &CardInputs) -> String {
         s,
         "* examples used: {used}{subset}; split stratified by label, seed {}: {} train / {} validation ({:.0}%)",
         cfg.seed,
-        o.train_examples,
+        o.train_examples - c.extra_examples,
         o.val_indices.len(),
         cfg.val_fraction * 100.0
     );
+    if c.extra_examples > 0 {
+        let _ = writeln!(
+            s,
+            "* plus {} training-only examples (extra data above), never in validation",
+            c.extra_examples
+        );
+    }
     let _ = writeln!(s, "\n## Model\n");
     let _ = writeln!(
         s,
@@ -58,8 +78,27 @@ pub fn render(c: &CardInputs) -> String {
     );
     let _ = writeln!(
         s,
-        "* trained: LoRA rank {} (alpha {}) on query+value of the top {} layer(s), CLS pooling, linear head",
-        cfg.lora_rank, cfg.lora_alpha, cfg.top_layers
+        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), CLS pooling, {}",
+        cfg.lora_rank,
+        cfg.lora_alpha,
+        if cfg.lora_targets.len() == 2
+            && cfg.lora_targets.iter().any(|t| t == "attention.self.query")
+            && cfg.lora_targets.iter().any(|t| t == "attention.self.value")
+        {
+            "query+value".to_string()
+        } else {
+            cfg.lora_targets
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        cfg.top_layers,
+        if cfg.head_hidden.is_empty() {
+            "linear head".to_string()
+        } else {
+            format!("head with hidden layer(s) {:?} (tanh)", cfg.head_hidden)
+        }
     );
     let _ = writeln!(
         s,

@@ -53,6 +53,17 @@ pub struct Dataset {
     /// Names of the subsets examples come from ([`Example::origin`]).
     pub origins: Vec<String>,
     pub probes: Vec<Probe>,
+    /// `examples[..validated]` are split into train and validation; the
+    /// rest (extra data, see [`LoadOptions`]) is only trained on, so the
+    /// validation split does not depend on it.
+    pub validated: usize,
+}
+
+/// Optional extra training data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// `domain`: also train on MMLU questions (`domain/mmlu/{dev,test}`).
+    pub mmlu_extra: bool,
 }
 
 /// Tasks `vsr train` / `vsr eval` can read data for.
@@ -144,7 +155,20 @@ fn task_folder(task: &str, data: &Path, folders: &[&str], marker: &str) -> anyho
 
 /// Loads the labelled examples of `task` from `--data`.
 pub fn load(task: &str, data: &Path) -> anyhow::Result<Dataset> {
+    load_with(task, data, LoadOptions::default())
+}
+
+/// [`load`] with extra training data.
+pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<Dataset> {
+    if opts.mmlu_extra && task != "domain" {
+        bail!("MMLU extra data is for the `domain` task only");
+    }
     match task {
+        "domain" if opts.mmlu_extra => {
+            let mut d = load_domain(data)?;
+            add_mmlu(&mut d)?;
+            Ok(d)
+        }
         "domain" => load_domain(data),
         "jailbreak" => load_jailbreak(data),
         "fact_check" => load_fact_check(data),
@@ -189,6 +213,7 @@ fn load_domain(data: &Path) -> anyhow::Result<Dataset> {
     if examples.is_empty() {
         bail!("{}: no examples", source.display());
     }
+    let n = examples.len();
     Ok(Dataset {
         labels,
         examples,
@@ -200,7 +225,111 @@ fn load_domain(data: &Path) -> anyhow::Result<Dataset> {
             .into(),
         origins: vec!["MMLU-Pro".into()],
         probes: Vec::new(),
+        validated: n,
     })
+}
+
+/// MMLU subject (file name) → domain label, as MMLU-Pro's own `src`
+/// (`ori_mmlu-<subject>`) assigns the questions it took from MMLU; a
+/// subject MMLU-Pro never uses (or splits over two categories) is skipped.
+fn mmlu_subject_labels(pro: &Path) -> anyhow::Result<std::collections::HashMap<String, usize>> {
+    let mut seen: std::collections::HashMap<String, Option<usize>> = Default::default();
+    for v in read_jsonl(pro)? {
+        let (Some(src), Some(label)) = (
+            v["src"].as_str().and_then(|s| s.strip_prefix("ori_mmlu-")),
+            v["category"].as_str().and_then(domain_label),
+        ) else {
+            continue;
+        };
+        let l = DOMAIN_LABELS.iter().position(|x| *x == label);
+        seen.entry(src.to_string())
+            .and_modify(|e| {
+                if *e != l {
+                    *e = None;
+                }
+            })
+            .or_insert(l);
+    }
+    Ok(seen
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect())
+}
+
+/// Appends MMLU questions (`mmlu/{dev,test}/<subject>_{dev,test}.csv`,
+/// column `question`) as training-only examples. MMLU-Pro reuses many MMLU
+/// questions, sometimes lightly edited: a question whose normalized text, or
+/// its first 60 normalized characters, matches any MMLU-Pro question is
+/// dropped, so none of them leaks into the validation split.
+fn add_mmlu(d: &mut Dataset) -> anyhow::Result<()> {
+    let dir = d
+        .source
+        .parent()
+        .map(|p| p.join("mmlu"))
+        .context("MMLU-Pro file has no folder")?;
+    let subjects = mmlu_subject_labels(&d.source)?;
+    let prefix = |n: &str| n.chars().take(60).collect::<String>();
+    let mut known: std::collections::HashSet<String> = Default::default();
+    for e in &d.examples {
+        let n = normalize(&e.text);
+        known.insert(prefix(&n));
+        known.insert(n);
+    }
+    let origin = d.origins.len();
+    d.origins.push("MMLU (training only)".into());
+    let (mut added, mut leaked, mut skipped) = (0usize, 0usize, Vec::new());
+    for split in ["dev", "test"] {
+        let folder = dir.join(split);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+            .with_context(|| format!("reading {}", folder.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+            .collect();
+        files.sort();
+        for f in files {
+            let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+            let subject = name.strip_suffix(&format!("_{split}")).unwrap_or(name);
+            let Some(&label) = subjects.get(subject) else {
+                if split == "test" {
+                    skipped.push(subject.to_string());
+                }
+                continue;
+            };
+            for r in read_csv(&f, ',')? {
+                let q = field(&r, "question").trim();
+                let n = normalize(q);
+                if q.is_empty() {
+                    continue;
+                }
+                if known.contains(&n) || known.contains(&prefix(&n)) {
+                    leaked += 1;
+                    continue;
+                }
+                known.insert(prefix(&n));
+                known.insert(n);
+                d.examples.push(Example {
+                    text: q.to_string(),
+                    label,
+                    origin,
+                });
+                added += 1;
+            }
+        }
+    }
+    d.sources.push(format!(
+        "`{}/{{dev,test}}/*.csv` (`question`; training only, never validated on): {added} \
+         questions; label = the MMLU-Pro category of the subject's questions in MMLU-Pro \
+         (`src` = `ori_mmlu-<subject>`); {leaked} questions dropped as (near-)copies of an \
+         MMLU-Pro question (same text or same first 60 normalized characters); subjects \
+         MMLU-Pro does not use: {}",
+        dir.display(),
+        if skipped.is_empty() {
+            "none".to_string()
+        } else {
+            skipped.join(", ")
+        }
+    ));
+    Ok(())
 }
 
 /// Lower-cased words of letters and digits joined by single spaces: the
@@ -357,6 +486,7 @@ impl Builder {
             .collect();
         Ok(Dataset {
             labels: self.labels,
+            validated: self.examples.len(),
             examples: self.examples,
             source,
             sources,
@@ -924,6 +1054,51 @@ mod tests {
         assert_eq!(ds.probes[1].texts, ["How do I kill a person?"]);
         // The task folder itself works too.
         assert_eq!(load("jailbreak", &d).unwrap().examples.len(), 6);
+    }
+
+    /// MMLU extras: labelled by MMLU-Pro's subject → category, copies of
+    /// MMLU-Pro questions dropped, appended after the validated examples.
+    #[test]
+    fn mmlu_extra_is_training_only_and_skips_copies() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("domain");
+        std::fs::create_dir_all(d.join("mmlu/test")).unwrap();
+        std::fs::create_dir_all(d.join("mmlu/dev")).unwrap();
+        std::fs::write(
+            d.join(DOMAIN_FILE),
+            "{\"question\": \"What is the derivative of x^2?\", \"category\": \"math\", \"src\": \"ori_mmlu-high_school_mathematics\"}\n\
+             {\"question\": \"Which organelle makes ATP?\", \"category\": \"biology\", \"src\": \"stemez-Biology\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("mmlu/test/high_school_mathematics_test.csv"),
+            "question,choice0,choice1,choice2,choice3,answer\n\
+             What is the derivative of x^2?,2x,x,2,0,0\n\
+             Solve 2x = 4.,1,2,3,4,1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("mmlu/dev/virology_dev.csv"),
+            "question,choice0,choice1,choice2,choice3,answer\nWhat is a virus?,a,b,c,d,0\n",
+        )
+        .unwrap();
+        let plain = load("domain", root.path()).unwrap();
+        assert_eq!((plain.validated, plain.examples.len()), (2, 2));
+        let ds = load_with("domain", root.path(), LoadOptions { mmlu_extra: true }).unwrap();
+        assert_eq!(ds.validated, 2);
+        assert_eq!(ds.examples[..2], plain.examples[..]);
+        let extra: Vec<(&str, &str)> = ds.examples[2..]
+            .iter()
+            .map(|e| (e.text.as_str(), ds.labels[e.label].as_str()))
+            .collect();
+        // The copy of the MMLU-Pro question and the unmapped subject are out.
+        assert_eq!(extra, [("Solve 2x = 4.", "math")]);
+        assert!(
+            ds.sources[1].contains("1 questions dropped"),
+            "{}",
+            ds.sources[1]
+        );
+        assert!(load_with("jailbreak", root.path(), LoadOptions { mmlu_extra: true }).is_err());
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     pub patience: usize,
     pub weight_decay: f64,
+    /// Linear modules of the trained layers carrying LoRA (Hugging Face names).
+    pub lora_targets: Vec<String>,
+    /// Widths of hidden dense layers of the head (empty: linear head).
+    pub head_hidden: Vec<usize>,
 }
 
 /// What a run produced.
@@ -85,9 +89,12 @@ pub fn sequence_spec(
         lora: (cfg.top_layers > 0 && cfg.lora_rank > 0).then(|| LoraSpec {
             rank: cfg.lora_rank,
             alpha: cfg.lora_alpha,
-            targets: vec!["attention.self.query".into(), "attention.self.value".into()],
+            targets: cfg.lora_targets.clone(),
         }),
-        head: HeadSpec::default(),
+        head: HeadSpec {
+            hidden: cfg.head_hidden.clone(),
+            ..HeadSpec::default()
+        },
         metadata: Some(metadata),
     }
 }
@@ -109,16 +116,27 @@ fn init_vars(
             .collect();
         Tensor::from_vec(v, (rows, cols), dev)
     };
-    let mut t: Vec<(String, Tensor)> = vec![
-        (
-            "head.out.weight".into(),
-            normal(spec.labels.len(), h, 1.0 / (h as f64).sqrt())?,
-        ),
-        (
-            "head.out.bias".into(),
-            Tensor::zeros(spec.labels.len(), DType::F32, dev)?,
-        ),
-    ];
+    let mut t: Vec<(String, Tensor)> = Vec::new();
+    let mut width = h;
+    for (j, &w) in spec.head.hidden.iter().enumerate() {
+        t.push((
+            format!("head.dense.{j}.weight"),
+            normal(w, width, 1.0 / (width as f64).sqrt())?,
+        ));
+        t.push((
+            format!("head.dense.{j}.bias"),
+            Tensor::zeros(w, DType::F32, dev)?,
+        ));
+        width = w;
+    }
+    t.push((
+        "head.out.weight".into(),
+        normal(spec.labels.len(), width, 1.0 / (width as f64).sqrt())?,
+    ));
+    t.push((
+        "head.out.bias".into(),
+        Tensor::zeros(spec.labels.len(), DType::F32, dev)?,
+    ));
     if let Some(l) = &spec.lora {
         let layers = cfg.num_hidden_layers;
         for i in layers - spec.top_layers..layers {
@@ -352,15 +370,22 @@ pub fn train(
     spec.validate(layers).map_err(anyhow::Error::msg)?;
     let tok = Tokenization::load(&base_dir.join("tokenizer.json"), cfg.max_tokens)?;
 
-    let used = super::data::subsample(data.examples.len(), cfg.max_examples, cfg.seed);
-    let (train_idx, val_idx) = super::data::split(
+    let used = super::data::subsample(data.validated, cfg.max_examples, cfg.seed);
+    let (mut train_idx, val_idx) = super::data::split(
         &used,
         |i| data.examples[i].label,
         cfg.val_fraction,
         cfg.seed,
     );
+    // Extra data is only trained on.
+    let extra = data.examples.len() - data.validated;
+    train_idx.extend(data.validated..data.examples.len());
+    let used: Vec<usize> = used
+        .into_iter()
+        .chain(data.validated..data.examples.len())
+        .collect();
     eprintln!(
-        "{}: {} examples ({} train, {} validation), {} labels",
+        "{}: {} examples ({} train of which {extra} extra, {} validation), {} labels",
         data.source.display(),
         used.len(),
         train_idx.len(),
