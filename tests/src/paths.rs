@@ -73,16 +73,17 @@ fn modified(p: &Path) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// The most recently modified source file under `sources` (skipping `src/bin/`). Only
-/// sources: Cargo relinks on every source change, but not on a manifest edit that changes
-/// nothing it builds.
+/// The most recently modified source file under `sources` (skipping `src/bin/` and unit-test
+/// modules: `tests.rs` files and `tests/` folders are `#[cfg(test)]` here, so editing them
+/// does not rebuild the artifact). Only sources: Cargo relinks on every source change, but
+/// not on a manifest edit that changes nothing it builds.
 fn newest_source(root: &Path, sources: &[&str]) -> Option<(SystemTime, PathBuf)> {
     let mut stack: Vec<PathBuf> = sources.iter().map(|s| root.join(s)).collect();
     let mut newest: Option<(SystemTime, PathBuf)> = None;
     while let Some(p) = stack.pop() {
         if p.is_dir() {
-            if p.ends_with("src/bin") {
-                continue; // other binaries, not linked into the artifact
+            if p.ends_with("src/bin") || p.file_name().is_some_and(|n| n == "tests") {
+                continue; // other binaries and unit tests, not linked into the artifact
             }
             stack.extend(
                 std::fs::read_dir(&p)
@@ -91,7 +92,9 @@ fn newest_source(root: &Path, sources: &[&str]) -> Option<(SystemTime, PathBuf)>
                     .flatten()
                     .map(|e| e.path()),
             );
-        } else if p.extension().is_some_and(|e| e == "rs" || e == "yaml") {
+        } else if p.extension().is_some_and(|e| e == "rs" || e == "yaml")
+            && p.file_name().is_none_or(|n| n != "tests.rs")
+        {
             let t = modified(&p);
             if newest.as_ref().is_none_or(|(n, _)| t > *n) {
                 newest = Some((t, p));
