@@ -153,7 +153,14 @@ async fn run_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         }
     };
-    eprintln!("vsr: stopping");
+    eprintln!(
+        "vsr: stopping envoy{}",
+        if helpers.sidecar.is_some() {
+            " and the sidecar"
+        } else {
+            ""
+        }
+    );
     envoy.stop(grace).await?;
     helpers.stop(grace).await;
     Ok(code)
