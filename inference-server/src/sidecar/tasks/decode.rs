@@ -152,8 +152,11 @@ pub fn token_entities(
 }
 
 /// Labelled tokens → entity spans: `B-X` starts a span, `I-X`/`X` continues
-/// a span of the same type (or starts one), `O` ends it. Word pieces of one
-/// word that got different tags still join the span they started in.
+/// a span of the same type (or starts one), `O` ends it. The first piece of
+/// a word decides for the whole word: later pieces (adjacent, letters or
+/// digits on both sides) join its span whatever their own tag, or stay out
+/// of spans when it was `O`. Punctuation is its own word, so a span never
+/// swallows the comma after a name.
 pub fn entities(tokens: &[TokenLabel], text: &str) -> Vec<Entity> {
     let mut out: Vec<Entity> = Vec::new();
     let mut open: Option<(Entity, usize)> = None; // (span, token count)
@@ -163,19 +166,21 @@ pub fn entities(tokens: &[TokenLabel], text: &str) -> Vec<Entity> {
             out.push(e);
         }
     };
-    let bytes = text.as_bytes();
+    let mut prev_end: Option<usize> = None;
     for t in tokens {
-        let continues_word = open.as_ref().is_some_and(|(e, _)| {
-            e.byte_end == t.byte_start
-                && t.byte_start > 0
-                && !bytes[t.byte_start - 1].is_ascii_whitespace()
-        });
+        let in_word = prev_end == Some(t.byte_start) && inside_word(text, t.byte_start);
+        prev_end = Some(t.byte_end);
+        if in_word {
+            if open.as_ref().is_some_and(|(e, _)| e.byte_end == t.byte_start) {
+                extend(&mut open, t);
+            }
+            continue;
+        }
         match tag(&t.label) {
-            None if continues_word => extend(&mut open, t),
             None => close(&mut open),
             Some((begin, kind)) => {
                 let same = open.as_ref().is_some_and(|(e, _)| e.kind == kind);
-                if same && (!begin || continues_word) {
+                if same && !begin {
                     extend(&mut open, t);
                 } else {
                     close(&mut open);
@@ -197,6 +202,14 @@ pub fn entities(tokens: &[TokenLabel], text: &str) -> Vec<Entity> {
     }
     close(&mut open);
     out
+}
+
+/// Whether byte `b` of `text` lies between two letters or digits (a word
+/// piece boundary, not a word boundary).
+fn inside_word(text: &str, b: usize) -> bool {
+    let before = text.get(..b).and_then(|s| s.chars().next_back());
+    let after = text.get(b..).and_then(|s| s.chars().next());
+    before.is_some_and(char::is_alphanumeric) && after.is_some_and(char::is_alphanumeric)
 }
 
 fn extend(open: &mut Option<(Entity, usize)>, t: &TokenLabel) {
@@ -242,6 +255,31 @@ mod tests {
         assert_eq!((e[0].start, e[0].end), (7, 15));
         assert_eq!(&text[e[0].byte_start..e[0].byte_end], "bob@x.io");
         assert_eq!(e[0].kind, "EMAIL");
+    }
+
+    #[test]
+    fn first_piece_decides_and_punctuation_stays_out() {
+        let text = "Sandra Gairbekov, hi!";
+        // sandra | gair ##bek ##ov | , | hi | !
+        let toks = vec![
+            tl(0, 6, "B-PERSON", text),
+            tl(7, 11, "I-PERSON", text),
+            tl(11, 14, "B-STREET_ADDRESS", text),
+            tl(14, 16, "O", text),
+            tl(16, 17, "O", text),
+            tl(18, 20, "O", text),
+            tl(20, 21, "O", text),
+        ];
+        let e = entities(&toks, text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        // The comma right after the name is not glued on by adjacency.
+        assert_eq!(&text[e[0].byte_start..e[0].byte_end], "Sandra Gairbekov");
+        assert_eq!(e[0].kind, "PERSON");
+        assert!((e[0].score - 0.5).abs() < 1e-6);
+        // A word whose first piece is O stays out, whatever its later pieces say.
+        let text = "hello there";
+        let toks = vec![tl(0, 3, "O", text), tl(3, 5, "B-PERSON", text)];
+        assert!(entities(&toks, text).is_empty());
     }
 
     #[test]
