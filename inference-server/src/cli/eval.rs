@@ -41,6 +41,9 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    if crate::training::token_data::is_token_task(&args.task) {
+        return crate::training::token::eval_cli(&args);
+    }
     let (base_dir, _) = resolve_base(&args.base_model)?;
     let task = evaluate::load_task(&base_dir, &args.model, args.max_tokens)?;
     anyhow::ensure!(

@@ -74,6 +74,9 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    if crate::training::token_data::is_token_task(&args.task) {
+        return crate::training::token::train_cli(&args);
+    }
     let wall = Instant::now();
     let command = std::iter::once("vsr".to_string())
         .chain(std::env::args().skip(1))

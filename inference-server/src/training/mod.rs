@@ -15,6 +15,8 @@ pub mod data;
 pub mod evaluate;
 pub mod feedback_templates;
 pub mod metrics;
+pub mod token;
+pub mod token_data;
 pub mod trainer;
 
 /// Deterministic SplitMix64 generator: splits, shuffles and weight inits

@@ -102,7 +102,7 @@ pub fn sequence_spec(
 /// Creates every trainable tensor under its `adapter.safetensors` name:
 /// head `N(0, 1/in)`, LoRA `A ~ N(0, 1/in)`, `B = 0` (the adapter starts as
 /// the identity).
-fn init_vars(
+pub(crate) fn init_vars(
     spec: &TaskSpec,
     cfg: &BertConfig,
     rng: &mut Rng,
@@ -311,7 +311,7 @@ fn grad_norm(grads: &candle_core::backprop::GradStore, var: &Var) -> anyhow::Res
 }
 
 /// Fails unless every listed parameter got a non-zero, finite gradient.
-fn assert_grads(
+pub(crate) fn assert_grads(
     grads: &candle_core::backprop::GradStore,
     named: &[(String, Var)],
     which: impl Fn(&str) -> bool,

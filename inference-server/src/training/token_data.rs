@@ -1,0 +1,593 @@
+//! Data of token (entity span) tasks: `pii` from `pii/` under `--data`.
+//!
+//! Sources, each turned into texts with byte-offset spans:
+//! * presidio-research synthetic sentences (`full_text` + character-offset
+//!   `spans`): `data/synth_dataset_v2.json`, `tests/data/generated_large.json`;
+//! * CoNLL-style NER: wikigold (IOB1, `token TAG`; Wikipedia sentences);
+//!   the tokens are joined with single spaces. The loader also reads BIO
+//!   files (WNUT-17 style, `token\tTAG`).
+//!
+//! Entity types are mapped to the model's types ([`PII_MODEL_TYPES`]); types
+//! the deterministic recognizers own (e-mail, card, IBAN, SSN, phone, IP,
+//! URL, domain) and rare ones become `O` for the model, but are kept as gold
+//! spans for the evaluation of the served task ([`TokenExample::gold`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+
+use super::Rng;
+use crate::sidecar::tokenize::Tokenization;
+
+/// Types the `pii` head learns (the recognizers cover the structured ones).
+pub const PII_MODEL_TYPES: [&str; 6] = [
+    "PERSON",
+    "LOCATION",
+    "ORGANIZATION",
+    "DATE_TIME",
+    "STREET_ADDRESS",
+    "NRP",
+];
+
+/// Token tasks `vsr train` / `vsr eval` know.
+pub const TOKEN_TASKS: [&str; 1] = ["pii"];
+
+pub fn is_token_task(task: &str) -> bool {
+    TOKEN_TASKS.contains(&task)
+}
+
+/// A span in a text: byte offsets, end exclusive, and its (mapped) type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenExample {
+    pub text: String,
+    /// Every gold span under the served type names (model types and
+    /// recognizer types), without overlaps.
+    pub gold: Vec<Span>,
+    /// Split group: sentences of one presidio template stay together.
+    pub group: String,
+    /// Which source file (short name).
+    pub source: &'static str,
+}
+
+impl TokenExample {
+    /// The gold spans the model learns.
+    pub fn model_spans(&self) -> impl Iterator<Item = &Span> {
+        self.gold
+            .iter()
+            .filter(|s| PII_MODEL_TYPES.contains(&s.kind.as_str()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenDataset {
+    /// `O`, then `B-X`, `I-X` for each model type.
+    pub labels: Vec<String>,
+    pub examples: Vec<TokenExample>,
+    /// Files read.
+    pub sources: Vec<PathBuf>,
+    pub note: String,
+}
+
+/// `O`, `B-T`, `I-T` for each type, in that order.
+pub fn bio_labels(types: &[&str]) -> Vec<String> {
+    std::iter::once("O".to_string())
+        .chain(
+            types
+                .iter()
+                .flat_map(|t| [format!("B-{t}"), format!("I-{t}")]),
+        )
+        .collect()
+}
+
+/// presidio-research type → served type (`None`: not produced by `pii`).
+pub fn presidio_type(t: &str) -> Option<&'static str> {
+    Some(match t {
+        "PERSON" => "PERSON",
+        "GPE" | "LOCATION" => "LOCATION",
+        "ORGANIZATION" => "ORGANIZATION",
+        "DATE_TIME" => "DATE_TIME",
+        "STREET_ADDRESS" | "ADDRESS" => "STREET_ADDRESS",
+        "NRP" => "NRP",
+        "EMAIL_ADDRESS" => "EMAIL_ADDRESS",
+        "PHONE_NUMBER" => "PHONE_NUMBER",
+        "CREDIT_CARD" => "CREDIT_CARD",
+        "IBAN_CODE" => "IBAN_CODE",
+        "US_SSN" => "US_SSN",
+        "IP_ADDRESS" => "IP_ADDRESS",
+        "DOMAIN_NAME" => "DOMAIN_NAME",
+        "URL" => "URL",
+        _ => return None, // TITLE, AGE, ZIP_CODE, PREFIX, US_DRIVER_LICENSE
+    })
+}
+
+/// CoNLL tag type (wikigold `PER`/`LOC`/`ORG`/`MISC`, WNUT-17 lower-case
+/// names) → served type.
+pub fn conll_type(t: &str) -> Option<&'static str> {
+    Some(match t {
+        "PER" | "person" => "PERSON",
+        "LOC" | "location" => "LOCATION",
+        "ORG" | "corporation" | "group" => "ORGANIZATION",
+        _ => return None, // MISC, product, creative-work
+    })
+}
+
+/// Byte offset of every char boundary (`v[i]` = byte of char `i`, plus the end).
+fn char_to_byte(text: &str) -> Vec<usize> {
+    text.char_indices()
+        .map(|(b, _)| b)
+        .chain(std::iter::once(text.len()))
+        .collect()
+}
+
+/// Keeps the longest of overlapping spans (ties: the earlier one).
+fn drop_overlaps(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_by(|a, b| {
+        (b.end - b.start)
+            .cmp(&(a.end - a.start))
+            .then(a.start.cmp(&b.start))
+    });
+    let mut kept: Vec<Span> = Vec::new();
+    for s in spans {
+        if kept.iter().all(|k| s.end <= k.start || s.start >= k.end) {
+            kept.push(s);
+        }
+    }
+    kept.sort_by_key(|s| s.start);
+    kept
+}
+
+/// One address convention: presidio's `generated_large` marks the parts of
+/// an address separately (number, street, city as LOCATION, country,
+/// postcode), `synth_dataset_v2` the whole address. Runs of STREET_ADDRESS /
+/// LOCATION spans separated only by whitespace or commas that contain a
+/// STREET_ADDRESS become one STREET_ADDRESS span.
+fn merge_address_parts(text: &str, spans: Vec<Span>) -> Vec<Span> {
+    let part = |s: &Span| s.kind == "STREET_ADDRESS" || s.kind == "LOCATION";
+    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
+    let mut run: Vec<Span> = Vec::new();
+    let flush = |run: &mut Vec<Span>, out: &mut Vec<Span>| {
+        if run.len() > 1 && run.iter().any(|s| s.kind == "STREET_ADDRESS") {
+            out.push(Span {
+                start: run[0].start,
+                end: run[run.len() - 1].end,
+                kind: "STREET_ADDRESS".into(),
+            });
+            run.clear();
+        } else {
+            out.append(run);
+        }
+    };
+    for s in spans {
+        let joins = part(&s)
+            && run.last().is_some_and(|p| {
+                text.get(p.end..s.start)
+                    .is_some_and(|gap| gap.chars().all(|c| c.is_whitespace() || c == ','))
+            });
+        if !joins {
+            flush(&mut run, &mut out);
+        }
+        if part(&s) {
+            run.push(s);
+        } else {
+            out.push(s);
+        }
+    }
+    flush(&mut run, &mut out);
+    out.sort_by_key(|s| s.start);
+    out
+}
+
+/// Trims whitespace off both ends of a span (presidio addresses end in
+/// newlines sometimes; token offsets never cover whitespace).
+fn trim(text: &str, mut s: Span) -> Option<Span> {
+    let piece = text.get(s.start..s.end)?;
+    let lead = piece.len() - piece.trim_start().len();
+    let tail = piece.len() - piece.trim_end().len();
+    s.start += lead;
+    s.end -= tail;
+    (s.start < s.end).then_some(s)
+}
+
+fn load_presidio(path: &Path, short: &'static str) -> anyhow::Result<Vec<TokenExample>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&text).with_context(|| format!("{}: bad JSON", path.display()))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (n, r) in rows.iter().enumerate() {
+        let full = r["full_text"].as_str().unwrap_or_default();
+        if full.trim().is_empty() {
+            continue;
+        }
+        let bytes = char_to_byte(full);
+        let mut spans = Vec::new();
+        for s in r["spans"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let Some(kind) = presidio_type(s["entity_type"].as_str().unwrap_or_default()) else {
+                continue;
+            };
+            let (cs, ce) = (
+                s["start_position"].as_u64().unwrap_or(0) as usize,
+                s["end_position"].as_u64().unwrap_or(0) as usize,
+            );
+            if cs >= ce || ce >= bytes.len() {
+                bail!(
+                    "{}: record {n}: span {cs}..{ce} outside the text",
+                    path.display()
+                );
+            }
+            if let Some(sp) = trim(
+                full,
+                Span {
+                    start: bytes[cs],
+                    end: bytes[ce],
+                    kind: kind.to_string(),
+                },
+            ) {
+                spans.push(sp);
+            }
+        }
+        let spans = merge_address_parts(full, drop_overlaps(spans));
+        let template = r["template_id"]
+            .as_u64()
+            .map_or_else(|| format!("row{n}"), |t| t.to_string());
+        out.push(TokenExample {
+            text: full.to_string(),
+            gold: spans,
+            group: format!("{short}:{template}"),
+            source: short,
+        });
+    }
+    Ok(out)
+}
+
+/// CoNLL files: one `token TAG` per line (tab or space), blank lines between
+/// sentences. `iob1`: `I-X` after anything but `X` starts an entity, `B-X`
+/// only separates two adjacent entities of one type (wikigold).
+fn load_conll(path: &Path, short: &'static str, iob1: bool) -> anyhow::Result<Vec<TokenExample>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut out = Vec::new();
+    let mut tokens: Vec<(String, String)> = Vec::new();
+    let mut flush = |tokens: &mut Vec<(String, String)>| {
+        if tokens.is_empty() {
+            return;
+        }
+        let mut sentence = String::new();
+        let mut spans: Vec<Span> = Vec::new();
+        let mut open: Option<Span> = None;
+        let mut prev_type: Option<String> = None;
+        for (tok, tag) in tokens.drain(..) {
+            if !sentence.is_empty() {
+                sentence.push(' ');
+            }
+            let start = sentence.len();
+            sentence.push_str(&tok);
+            let end = sentence.len();
+            let (prefix, raw) = match tag.split_once('-') {
+                Some((p, t)) if p == "B" || p == "I" => (p, Some(t)),
+                _ => ("O", None),
+            };
+            let kind = raw.and_then(conll_type);
+            let begins = match (prefix, iob1) {
+                ("B", _) => true,
+                ("I", true) => prev_type.as_deref() != raw,
+                ("I", false) => open.as_ref().is_none_or(|o| Some(o.kind.as_str()) != kind),
+                _ => false,
+            };
+            prev_type = raw.map(str::to_string);
+            match kind {
+                Some(k) if !begins && open.is_some() => {
+                    if let Some(o) = open.as_mut() {
+                        if o.kind == k {
+                            o.end = end;
+                        }
+                    }
+                }
+                Some(k) => {
+                    spans.extend(open.take());
+                    open = Some(Span {
+                        start,
+                        end,
+                        kind: k.to_string(),
+                    });
+                }
+                None => spans.extend(open.take()),
+            }
+        }
+        spans.extend(open.take());
+        if !sentence.starts_with("-DOCSTART-") {
+            let n = out.len();
+            out.push(TokenExample {
+                text: sentence,
+                gold: spans,
+                group: format!("{short}:{n}"),
+                source: short,
+            });
+        }
+    };
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            flush(&mut tokens);
+            continue;
+        }
+        let (tok, tag) = match line.rsplit_once(['\t', ' ']) {
+            Some((t, g)) => (t.trim(), g.trim()),
+            None => (line.trim(), "O"),
+        };
+        if !tok.is_empty() {
+            tokens.push((tok.to_string(), tag.to_string()));
+        }
+    }
+    flush(&mut tokens);
+    Ok(out)
+}
+
+/// The files of `pii` under `data` (the datasets root or its `pii/` folder),
+/// with their short names.
+fn pii_files(data: &Path) -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
+    let root = if data.join("pii").is_dir() {
+        data.join("pii")
+    } else {
+        data.to_path_buf()
+    };
+    let files = vec![
+        (
+            root.join("presidio_research/data/synth_dataset_v2.json"),
+            "presidio_synth_v2",
+        ),
+        (
+            root.join("presidio_research/tests/data/generated_large.json"),
+            "presidio_generated_large",
+        ),
+        (root.join("wikigold/wikigold.conll.txt"), "wikigold"),
+    ];
+    for (f, _) in &files {
+        if !f.is_file() {
+            bail!(
+                "{} is missing (pass the datasets root or its `pii` folder as --data)",
+                f.display()
+            );
+        }
+    }
+    Ok(files)
+}
+
+/// Loads the `pii` data.
+pub fn load(task: &str, data: &Path) -> anyhow::Result<TokenDataset> {
+    if task != "pii" {
+        bail!("no token data loader for task `{task}` (supported: pii)");
+    }
+    let mut examples = Vec::new();
+    let mut sources = Vec::new();
+    for (path, short) in pii_files(data)? {
+        let ex = if short.starts_with("presidio") {
+            load_presidio(&path, short)?
+        } else {
+            load_conll(&path, short, short == "wikigold")?
+        };
+        eprintln!("{}: {} sentences", path.display(), ex.len());
+        examples.extend(ex);
+        sources.push(path);
+    }
+    Ok(TokenDataset {
+        labels: bio_labels(&PII_MODEL_TYPES),
+        examples,
+        sources,
+        note: "presidio types GPE→LOCATION, ADDRESS→STREET_ADDRESS; TITLE, AGE, ZIP_CODE, \
+               PREFIX, US_DRIVER_LICENSE dropped; e-mail, phone, card, IBAN, SSN, IP, domain, \
+               URL are left to the recognizers (O for the model, gold for the served \
+               evaluation); CoNLL PER/person→PERSON, LOC/location→LOCATION, \
+               ORG/corporation/group→ORGANIZATION, MISC/product/creative-work dropped; \
+               overlapping gold spans: the longest kept"
+            .into(),
+    })
+}
+
+/// A seeded split by group: `val_fraction` of the groups (rounded, at
+/// least one) go to validation. Both lists ascending.
+pub fn group_split(
+    examples: &[TokenExample],
+    val_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut groups: Vec<&str> = examples.iter().map(|e| e.group.as_str()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let mut rng = Rng::new(seed ^ 0x70C3);
+    rng.shuffle(&mut groups);
+    let k =
+        ((groups.len() as f64 * val_fraction).round() as usize).clamp(1, groups.len().max(2) - 1);
+    let val: std::collections::HashSet<&str> =
+        groups[..k.min(groups.len())].iter().copied().collect();
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for (i, e) in examples.iter().enumerate() {
+        if val.contains(e.group.as_str()) {
+            valid.push(i);
+        } else {
+            train.push(i);
+        }
+    }
+    (train, valid)
+}
+
+/// Sentinel label of tokens the loss ignores (special tokens).
+pub const IGNORE: u32 = u32::MAX;
+
+/// One tokenized example: ids, per-token BIO label index (or [`IGNORE`]),
+/// byte offsets (`None` for special tokens).
+#[derive(Debug, Clone)]
+pub struct Aligned {
+    pub ids: Vec<u32>,
+    pub labels: Vec<u32>,
+    pub offsets: Vec<Option<(usize, usize)>>,
+}
+
+/// Tokenizes `ex` and labels each token: `B-X` for the first token
+/// overlapping a span of type X, `I-X` for the following ones, `O` outside.
+/// Spans cut off by truncation are lost with their tokens.
+pub fn align(tok: &Tokenization, ex: &TokenExample, labels: &[String]) -> anyhow::Result<Aligned> {
+    let enc = tok.encode(&ex.text)?;
+    let index = |l: &str| labels.iter().position(|x| x == l).map(|i| i as u32);
+    let spans: Vec<&Span> = ex.model_spans().collect();
+    let mut out = Vec::with_capacity(enc.ids.len());
+    let mut last_span: Option<usize> = None;
+    for off in &enc.offsets {
+        let Some((s, e)) = *off else {
+            out.push(IGNORE);
+            continue;
+        };
+        match spans.iter().position(|sp| s < sp.end && e > sp.start) {
+            Some(j) => {
+                let prefix = if last_span == Some(j) { "I" } else { "B" };
+                let name = format!("{prefix}-{}", spans[j].kind);
+                out.push(index(&name).with_context(|| format!("label {name} missing"))?);
+                last_span = Some(j);
+            }
+            None => {
+                out.push(0);
+                last_span = None;
+            }
+        }
+    }
+    Ok(Aligned {
+        ids: enc.ids,
+        labels: out,
+        offsets: enc.offsets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn presidio_char_offsets_become_byte_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = serde_json::json!([
+            {"full_text": "Grüße an Jürgen Müller in Zürich\n", "template_id": 3, "spans": [
+                {"entity_type": "PERSON", "start_position": 9, "end_position": 22, "entity_value": "Jürgen Müller"},
+                {"entity_type": "PERSON", "start_position": 16, "end_position": 22, "entity_value": "Müller"},
+                {"entity_type": "GPE", "start_position": 26, "end_position": 33, "entity_value": "Zürich\n"},
+                {"entity_type": "TITLE", "start_position": 0, "end_position": 5, "entity_value": "Grüße"}]}
+        ]);
+        let p = write(dir.path(), "p.json", &body.to_string());
+        let ex = load_presidio(&p, "p").unwrap();
+        let t = &ex[0].text;
+        let got: Vec<(&str, &str)> = ex[0]
+            .gold
+            .iter()
+            .map(|s| (s.kind.as_str(), &t[s.start..s.end]))
+            .collect();
+        assert_eq!(got, [("PERSON", "Jürgen Müller"), ("LOCATION", "Zürich")]);
+        assert_eq!(ex[0].group, "p:3");
+    }
+
+    #[test]
+    fn address_parts_become_one_span() {
+        let text = "78 Rua das Pedras 930\n Apt. 363\n São Paulo\n Kenya 92342 and Tom in Lima";
+        let at = |piece: &str, kind: &str| {
+            let b = text.find(piece).unwrap();
+            Span {
+                start: b,
+                end: b + piece.len(),
+                kind: kind.into(),
+            }
+        };
+        let spans = vec![
+            at("78", "STREET_ADDRESS"),
+            at("Rua das Pedras 930", "STREET_ADDRESS"),
+            at("Apt. 363", "STREET_ADDRESS"),
+            at("São Paulo", "LOCATION"),
+            at("Kenya", "LOCATION"),
+            at("92342", "STREET_ADDRESS"),
+            at("Tom", "PERSON"),
+            at("Lima", "LOCATION"),
+        ];
+        let merged = merge_address_parts(text, spans);
+        let got: Vec<(&str, &str)> = merged
+            .iter()
+            .map(|s| (&text[s.start..s.end], s.kind.as_str()))
+            .map(|(t, k)| (t, if k == "STREET_ADDRESS" { "A" } else { k }))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "78 Rua das Pedras 930\n Apt. 363\n São Paulo\n Kenya 92342",
+                    "A"
+                ),
+                ("Tom", "PERSON"),
+                ("Lima", "LOCATION")
+            ]
+        );
+    }
+
+    #[test]
+    fn conll_iob1_and_bio() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "w.txt",
+            "John I-PER\nSmith I-PER\nmet I-PER\n... O\nat O\nAcme I-ORG\n\n-DOCSTART- O\n\nAnn I-PER\nBob B-PER\n",
+        );
+        let ex = load_conll(&p, "w", true).unwrap();
+        let spans = |e: &TokenExample| {
+            e.gold
+                .iter()
+                .map(|s| (s.kind.clone(), e.text[s.start..s.end].to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            spans(&ex[0]),
+            [
+                ("PERSON".into(), "John Smith met".into()),
+                ("ORGANIZATION".into(), "Acme".into())
+            ]
+        );
+        assert_eq!(ex.len(), 2, "DOCSTART skipped");
+        assert_eq!(
+            spans(&ex[1]),
+            [
+                ("PERSON".into(), "Ann".into()),
+                ("PERSON".into(), "Bob".into())
+            ]
+        );
+        let p = write(
+            dir.path(),
+            "n.conll",
+            "I\tO\nlove\tO\nNew\tB-location\nYork\tI-location\nand\tO\niPhones\tB-product\n",
+        );
+        let ex = load_conll(&p, "n", false).unwrap();
+        assert_eq!(spans(&ex[0]), [("LOCATION".into(), "New York".into())]);
+    }
+
+    #[test]
+    fn group_split_keeps_groups_together() {
+        let ex: Vec<TokenExample> = (0..200)
+            .map(|i| TokenExample {
+                text: "x".into(),
+                gold: vec![],
+                group: format!("g{}", i % 20),
+                source: "t",
+            })
+            .collect();
+        let (t, v) = group_split(&ex, 0.1, 1);
+        assert_eq!(t.len() + v.len(), 200);
+        assert_eq!(v.len(), 20, "2 of 20 groups");
+        let vg: std::collections::HashSet<_> = v.iter().map(|&i| &ex[i].group).collect();
+        assert!(t.iter().all(|&i| !vg.contains(&ex[i].group)));
+        assert_eq!(group_split(&ex, 0.1, 1).1, v);
+    }
+}
