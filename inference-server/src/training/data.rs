@@ -611,7 +611,7 @@ fn load_jailbreak(data: &Path) -> anyhow::Result<Dataset> {
     let f = dir.join("verazuo_jailbreak_llms/forbidden_question_set.csv");
     let forbidden: Vec<String> = read_csv(&f, ',')?
         .iter()
-        .map(|r| field(&r, "question").to_string())
+        .map(|r| field(r, "question").to_string())
         .collect();
 
     // Jailbreak prompts circulate in many lightly edited copies: keys are
