@@ -6,6 +6,13 @@
 //! node stays in the graph and keeps routing searches (a tombstone), the
 //! owner filters it out of results and rebuilds a fresh graph when too many
 //! have piled up (`memory.rs`).
+//!
+//! The graph is walked with 8-bit copies of the vectors (one scale per
+//! vector, similarity error ~1e-3): a walk touches a few thousand vectors
+//! at random places, and reading 384 bytes instead of 1.5 KiB each is most
+//! of its cost once the index outgrows the CPU caches. The best
+//! [`RERANK`] candidates of a search are then re-scored with the f32
+//! vectors, so the similarities callers act on are exact.
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
@@ -26,9 +33,12 @@ pub struct HnswParams {
 }
 
 impl Default for HnswParams {
+    /// Chosen on 100k random 384-d unit vectors (the hardest case: no
+    /// cluster structure), queries at cosine 0.9 of an entry: m = 16 found
+    /// the entry 88 % of the time, m = 24 97 %, at ef_search = 64.
     fn default() -> Self {
         Self {
-            m: 16,
+            m: 24,
             ef_construction: 128,
             ef_search: 64,
             seed: 0x5eed_cace,
@@ -39,16 +49,19 @@ impl Default for HnswParams {
 /// Highest layer a node may get (2^-(16·ln 16) odds: never in practice).
 const MAX_LEVEL: usize = 16;
 
-/// Dot product, written so that LLVM keeps eight independent lanes and
+/// Candidates of a search re-scored with the exact f32 vectors.
+pub const RERANK: usize = 16;
+
+/// Dot product, written so that LLVM keeps sixteen independent lanes and
 /// vectorises it.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
+    let mut acc = [0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..16 {
             acc[i] += x[i] * y[i];
         }
     }
@@ -56,7 +69,63 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ra.iter().zip(rb) {
         tail += x * y;
     }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+    let mut sum = tail;
+    for i in 0..8 {
+        sum += acc[i] + acc[i + 8];
+    }
+    sum
+}
+
+/// Dot product of two 8-bit codes (exact in i32 for any length below
+/// 2^17). Not inlined on purpose: inlined into the graph walk, LLVM stopped
+/// vectorising it (inserts and searches ran 2–3× slower).
+#[inline(never)]
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let mut acc = [0i32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += i32::from(i16::from(x[i]) * i16::from(y[i]));
+        }
+    }
+    let mut tail = 0i32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += i32::from(*x) * i32::from(*y);
+    }
+    acc.iter().sum::<i32>() + tail
+}
+
+/// Appends the 8-bit code of `v` to `out`; returns its scale
+/// (`v[i] ≈ scale · code[i]`).
+fn quantize(v: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if max == 0.0 || !max.is_finite() {
+        out.extend(std::iter::repeat_n(0i8, v.len()));
+        return 0.0;
+    }
+    let inv = 127.0 / max;
+    out.extend(
+        v.iter()
+            .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8),
+    );
+    max / 127.0
+}
+
+/// A query: exact vector plus its code.
+struct Query<'a> {
+    exact: &'a [f32],
+    code: Vec<i8>,
+    scale: f32,
+}
+
+impl<'a> Query<'a> {
+    fn new(exact: &'a [f32]) -> Self {
+        let mut code = Vec::with_capacity(exact.len());
+        let scale = quantize(exact, &mut code);
+        Self { exact, code, scale }
+    }
 }
 
 /// SplitMix64: a tiny, good-enough generator for levels (and for the
@@ -175,6 +244,9 @@ pub struct Hnsw {
     level_mult: f64,
     /// Node i's vector is `vectors[i*dim..(i+1)*dim]`.
     vectors: Vec<f32>,
+    /// Node i's 8-bit code is `codes[i*dim..(i+1)*dim]`, its scale `scales[i]`.
+    codes: Vec<i8>,
+    scales: Vec<f32>,
     /// Layer 0: node i's list is `layer0[i*(m0+1)..]`, first slot = count.
     layer0: Vec<u32>,
     /// Layers 1..=level of node i, `m+1` slots each (count first); empty for
@@ -194,6 +266,8 @@ impl Hnsw {
             m0: 2 * m,
             level_mult: 1.0 / (m as f64).ln(),
             vectors: Vec::new(),
+            codes: Vec::new(),
+            scales: Vec::new(),
             layer0: Vec::new(),
             upper: Vec::new(),
             entry: None,
@@ -221,6 +295,40 @@ impl Hnsw {
     pub fn vector(&self, id: u32) -> &[f32] {
         let i = id as usize * self.dim;
         &self.vectors[i..i + self.dim]
+    }
+
+    fn code(&self, id: u32) -> &[i8] {
+        let i = id as usize * self.dim;
+        &self.codes[i..i + self.dim]
+    }
+
+    /// Approximate similarity of the query and node `id`.
+    #[inline]
+    fn approx(&self, q: &Query, id: u32) -> f32 {
+        q.scale * self.scales[id as usize] * dot_i8(&q.code, self.code(id)) as f32
+    }
+
+    /// Reads one byte per cache line of each node's code before any of
+    /// them is scored: the loads are independent, so the CPU overlaps their
+    /// misses instead of taking them one code at a time (a safe stand-in
+    /// for prefetch instructions; ~40 % off a search once codes outgrow
+    /// the caches).
+    fn touch(&self, ids: &[u32]) {
+        let mut x = 0i8;
+        for &id in ids {
+            for b in self.code(id).iter().step_by(64) {
+                x ^= *b;
+            }
+        }
+        std::hint::black_box(x);
+    }
+
+    /// Approximate similarity of two nodes.
+    #[inline]
+    fn approx_nodes(&self, a: u32, b: u32) -> f32 {
+        self.scales[a as usize]
+            * self.scales[b as usize]
+            * dot_i8(self.code(a), self.code(b)) as f32
     }
 
     fn links(&self, id: u32, layer: usize) -> &[u32] {
@@ -259,6 +367,8 @@ impl Hnsw {
         let id = self.len() as u32;
         let level = ((-self.rng.next_f64().ln() * self.level_mult) as usize).min(MAX_LEVEL);
         self.vectors.extend_from_slice(v);
+        let scale = quantize(v, &mut self.codes);
+        self.scales.push(scale);
         self.layer0.resize(self.layer0.len() + self.m0 + 1, 0);
         self.upper.push(vec![0; level * (self.params.m + 1)]);
 
@@ -267,9 +377,14 @@ impl Hnsw {
             self.top_level = level;
             return id;
         };
-        let q = v.to_vec();
+        let exact = v.to_vec();
+        let q = Query {
+            exact: &exact,
+            code: self.code(id).to_vec(),
+            scale,
+        };
         let mut eps = vec![Scored {
-            sim: dot(&q, self.vector(entry)),
+            sim: self.approx(&q, entry),
             id: entry,
         }];
         for layer in (level + 1..=self.top_level).rev() {
@@ -293,7 +408,10 @@ impl Hnsw {
         id
     }
 
-    /// Adds `new` to `node`'s list on `layer`, re-selecting when full.
+    /// Adds `new` to `node`'s list on `layer`; when full, keeps the `cap`
+    /// closest. (Re-running the selection heuristic here, as the paper
+    /// does, made inserts 3× slower for no recall gain on our tests: the
+    /// new node's own list already gets the heuristic.)
     fn link_back(&mut self, node: u32, new: u32, layer: usize, cap: usize) {
         let current = self.links(node, layer);
         if current.len() < cap {
@@ -302,18 +420,17 @@ impl Hnsw {
             self.set_links(node, layer, &l);
             return;
         }
-        let base = self.vector(node);
         let mut cands: Vec<Scored> = current
             .iter()
             .chain(std::iter::once(&new))
             .map(|&id| Scored {
-                sim: dot(base, self.vector(id)),
+                sim: self.approx_nodes(node, id),
                 id,
             })
             .collect();
         cands.sort_unstable_by(|a, b| b.cmp(a));
-        let chosen = self.select(&cands, cap);
-        self.set_links(node, layer, &chosen);
+        let kept: Vec<u32> = cands.iter().take(cap).map(|c| c.id).collect();
+        self.set_links(node, layer, &kept);
     }
 
     /// The neighbour-selection heuristic (paper, algorithm 4): keep a
@@ -327,8 +444,7 @@ impl Hnsw {
             if kept.len() >= cap {
                 break;
             }
-            let v = self.vector(c.id);
-            if kept.iter().all(|&k| dot(v, self.vector(k)) < c.sim) {
+            if kept.iter().all(|&k| self.approx_nodes(c.id, k) < c.sim) {
                 kept.push(c.id);
             } else {
                 pruned.push(c.id);
@@ -345,7 +461,7 @@ impl Hnsw {
 
     /// Best-first search of one layer from `eps`; returns up to `ef` nodes
     /// (unordered).
-    fn search_layer(&self, q: &[f32], eps: &[Scored], ef: usize, layer: usize) -> Vec<Scored> {
+    fn search_layer(&self, q: &Query, eps: &[Scored], ef: usize, layer: usize) -> Vec<Scored> {
         VISITED.with(|cell| {
             let mut visited = cell.borrow_mut();
             visited.start(self.len());
@@ -360,16 +476,22 @@ impl Hnsw {
                     }
                 }
             }
+            let mut fresh: Vec<u32> = Vec::with_capacity(self.m0);
             while let Some(c) = candidates.pop() {
                 let worst = found.peek().map_or(f32::NEG_INFINITY, |w| w.0.sim);
                 if c.sim < worst && found.len() >= ef {
                     break;
                 }
-                for &n in self.links(c.id, layer) {
-                    if !visited.insert(n) {
-                        continue;
-                    }
-                    let sim = dot(q, self.vector(n));
+                fresh.clear();
+                fresh.extend(
+                    self.links(c.id, layer)
+                        .iter()
+                        .copied()
+                        .filter(|&n| visited.insert(n)),
+                );
+                self.touch(&fresh);
+                for &n in &fresh {
+                    let sim = self.approx(q, n);
                     let worst = found.peek().map_or(f32::NEG_INFINITY, |w| w.0.sim);
                     if found.len() < ef || sim > worst {
                         let s = Scored { sim, id: n };
@@ -386,20 +508,28 @@ impl Hnsw {
     }
 
     /// Approximate nearest neighbours of unit vector `q`: up to `ef`
-    /// nodes (at least `params.ef_search` are explored), best first.
+    /// nodes, best first. The first [`RERANK`] carry exact similarities
+    /// (and are ordered by them); the rest are ordered by the 8-bit
+    /// estimate and carry it.
     pub fn search(&self, q: &[f32], ef: usize) -> Vec<Scored> {
         let Some(entry) = self.entry else {
             return Vec::new();
         };
+        let q = Query::new(q);
         let mut eps = vec![Scored {
-            sim: dot(q, self.vector(entry)),
+            sim: self.approx(&q, entry),
             id: entry,
         }];
         for layer in (1..=self.top_level).rev() {
-            eps = self.search_layer(q, &eps, 1, layer);
+            eps = self.search_layer(&q, &eps, 1, layer);
         }
-        let mut found = self.search_layer(q, &eps, ef.max(1), 0);
+        let mut found = self.search_layer(&q, &eps, ef.max(1), 0);
         found.sort_unstable_by(|a, b| b.cmp(a));
+        let top = found.len().min(RERANK);
+        for s in &mut found[..top] {
+            s.sim = dot(q.exact, self.vector(s.id));
+        }
+        found[..top].sort_unstable_by(|a, b| b.cmp(a));
         found
     }
 
@@ -522,6 +652,22 @@ mod tests {
             .count();
         let recall = hits as f64 / queries as f64;
         assert!(recall >= 0.95, "recall@1 {recall}");
+    }
+
+    #[test]
+    fn codes_estimate_similarity() {
+        let mut rng = SplitMix64::new(8);
+        let mut worst = 0f32;
+        for _ in 0..200 {
+            let (a, b) = (rng.unit_vector(384), rng.unit_vector(384));
+            let (qa, qb) = (Query::new(&a), Query::new(&b));
+            let est = qa.scale * qb.scale * dot_i8(&qa.code, &qb.code) as f32;
+            worst = worst.max((est - dot(&a, &b)).abs());
+        }
+        assert!(worst < 5e-3, "worst 8-bit error {worst}");
+        let mut out = Vec::new();
+        assert_eq!(quantize(&[0.0, 0.0], &mut out), 0.0);
+        assert_eq!(out, [0, 0]);
     }
 
     #[test]

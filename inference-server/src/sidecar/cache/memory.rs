@@ -577,7 +577,9 @@ fn best_live(
             }
         }
     } else {
-        for s in st.index.search(q, ef) {
+        for mut s in st.index.search(q, ef) {
+            // Past the re-ranked head the similarity is the 8-bit estimate.
+            s.sim = dot(q, st.index.vector(s.id));
             consider(s, &mut best);
             // Results come best first: the first live one wins, but keep
             // collecting expired ones met before it.
