@@ -6,17 +6,26 @@
 //! sidecar-bench forward                # embedding-only forward pass: ms and GFLOP/s
 //! sidecar-bench multitask               # cost(5 tasks + embedding) / cost(embedding)
 //! sidecar-bench grpc                    # embeddings/s, p50/p99: batch 1/8/32, 1/8/32 clients
+//! sidecar-bench cache [N]               # memory cache, N (100000) random 384-d entries in one
+//!                                       # partition: fill time, lookup p50/p99, recall@1 vs brute
+//!                                       # force; in-process and through CacheLookup over gRPC
+//! sidecar-bench cache-redis URL         # Redis cache lookup p50/p99 by partition size
 //! ```
 //! `multitask` uses RANDOM-WEIGHT heads/adapters with the real shapes,
 //! written to a temporary directory: they measure cost, never answer anything.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use inference_server::sidecar::backend::candle::CandleBackend;
 use inference_server::sidecar::backend::{Backend, Batch, Wants};
+use inference_server::sidecar::cache::hnsw::{dot, normalize, HnswParams, SplitMix64};
+use inference_server::sidecar::cache::redis::RedisCache;
+use inference_server::sidecar::cache::{CacheBackend, CacheBackendKind, CacheConfig, Lookup};
+use inference_server::sidecar::metrics::Metrics;
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{self, HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
 use inference_server::sidecar::tokenize::Tokenization;
@@ -118,7 +127,30 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(grpc()),
-        _ => anyhow::bail!("usage: sidecar-bench prompts|flops|multitask|grpc"),
+        "cache" => {
+            let n = match std::env::args().nth(2) {
+                Some(n) => n.parse().context("entries")?,
+                None => 100_000,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?
+                .block_on(cache_memory(n))
+        }
+        "cache-redis" => {
+            let url = std::env::args()
+                .nth(2)
+                .context("usage: sidecar-bench cache-redis redis://host:port")?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .enable_all()
+                .build()?
+                .block_on(cache_redis(url))
+        }
+        _ => anyhow::bail!(
+            "usage: sidecar-bench prompts|flops|multitask|grpc|cache [N]|cache-redis URL"
+        ),
     }
 }
 
@@ -430,5 +462,240 @@ async fn grpc() -> anyhow::Result<()> {
     }
     sidecar.shutdown().await?;
     let _ = std::fs::remove_dir_all(&empty);
+    Ok(())
+}
+
+/// A unit vector at cosine `cos` from unit vector `v` (a paraphrase-like
+/// query of a stored entry).
+fn near(v: &[f32], cos: f32, rng: &mut SplitMix64) -> Vec<f32> {
+    let mut u = rng.unit_vector(v.len());
+    let p = dot(&u, v);
+    for (a, b) in u.iter_mut().zip(v) {
+        *a -= p * b;
+    }
+    normalize(&mut u);
+    let s = (1.0 - cos * cos).sqrt();
+    v.iter().zip(&u).map(|(a, b)| cos * a + s * b).collect()
+}
+
+/// (similarity, index) of the exact nearest stored vector.
+fn exact_best(stored: &[Vec<f32>], q: &[f32]) -> (f32, usize) {
+    let mut best = (f32::NEG_INFINITY, 0);
+    for (i, v) in stored.iter().enumerate() {
+        let s = dot(q, v);
+        if s > best.0 {
+            best = (s, i);
+        }
+    }
+    best
+}
+
+fn answer_index(l: &Lookup) -> Option<usize> {
+    match l {
+        Lookup::Hit { response, .. } if response.len() == 4 => {
+            Some(u32::from_le_bytes([response[0], response[1], response[2], response[3]]) as usize)
+        }
+        _ => None,
+    }
+}
+
+fn similarity(l: &Lookup) -> f32 {
+    match l {
+        Lookup::Hit { similarity, .. } | Lookup::Miss { similarity } => *similarity,
+        Lookup::Bypass { .. } => 0.0,
+    }
+}
+
+/// CPU time this thread has run, when Linux tells (`/proc/thread-self/schedstat`).
+fn thread_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(Duration::from_nanos(
+        s.split_whitespace().next()?.parse().ok()?,
+    ))
+}
+
+/// The threshold at which hit/miss decisions are compared with brute force.
+const DECISION_THRESHOLD: f32 = 0.8;
+
+/// Memory cache: fill one partition of a real sidecar's cache with `n`
+/// random 384-d unit vectors, then time lookups (near-duplicate and uniform
+/// random queries) in-process and over gRPC, and compare their answers with
+/// brute force.
+async fn cache_memory(n: usize) -> anyhow::Result<()> {
+    let dim = 384;
+    let params = HnswParams::default();
+    let mut rng = SplitMix64::new(42);
+    let stored: Vec<Vec<f32>> = (0..n).map(|_| rng.unit_vector(dim)).collect();
+    let empty = std::env::temp_dir().join(format!("vsr-bench-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty)?;
+    let cfg = SidecarConfig {
+        grpc_addr: "127.0.0.1:0".parse()?,
+        http_addr: "127.0.0.1:0".parse()?,
+        base_model: base_dir().display().to_string(),
+        models_dir: empty.clone(),
+        cache: CacheConfig {
+            max_entries: n,
+            ..CacheConfig::default()
+        },
+        ..SidecarConfig::default()
+    };
+    let sidecar = Sidecar::start(cfg).await?;
+    let cache = sidecar.cache().clone();
+    anyhow::ensure!(cache.dim() == dim, "the model's embeddings are not {dim}-d");
+    let mem = cache
+        .memory()
+        .context("the sidecar's cache is not the memory backend")?
+        .clone();
+    let t = Instant::now();
+    for (i, v) in stored.iter().enumerate() {
+        mem.store_now(
+            "bench",
+            v,
+            bytes::Bytes::from((i as u32).to_le_bytes().to_vec()),
+            Duration::from_secs(3_600),
+        );
+    }
+    let fill = t.elapsed().as_secs_f64();
+    println!(
+        "- {n} entries × {dim} d in one partition, HNSW m={} ef_construction={} ef_search={}: filled in {fill:.1} s ({:.0} inserts/s, one thread)",
+        params.m, params.ef_construction, params.ef_search, n as f64 / fill
+    );
+    println!();
+    println!("| queries | path | lookups | p50 ms | p99 ms | max ms | CPU µs/lookup | recall@1 vs brute force | same hit/miss as brute force at {DECISION_THRESHOLD} |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let queries = 1_000;
+    let sets: [(&str, Vec<Vec<f32>>); 2] = [
+        (
+            "near-duplicate (cos 0.9 to a stored entry)",
+            (0..queries)
+                .map(|i| near(&stored[(i * 7_919) % n], 0.9, &mut rng))
+                .collect(),
+        ),
+        (
+            "uniform random (nothing close)",
+            (0..queries).map(|_| rng.unit_vector(dim)).collect(),
+        ),
+    ];
+    for (label, qs) in &sets {
+        let truth: Vec<(f32, usize)> = qs.iter().map(|q| exact_best(&stored, q)).collect();
+        // Warm-up.
+        for q in qs.iter().take(100) {
+            cache.lookup("bench", q.clone(), f32::MIN_POSITIVE).await?;
+        }
+        let mut lat = Vec::with_capacity(qs.len());
+        let (mut found, mut same) = (0, 0);
+        let mut cpu = Duration::ZERO;
+        for (q, (best, want)) in qs.iter().zip(&truth) {
+            let q = q.clone();
+            let c0 = thread_cpu();
+            let t = Instant::now();
+            let (l, _) = cache.lookup("bench", q, f32::MIN_POSITIVE).await?;
+            lat.push(t.elapsed());
+            if let (Some(a), Some(b)) = (c0, thread_cpu()) {
+                cpu += b.saturating_sub(a);
+            }
+            found += usize::from(answer_index(&l) == Some(*want));
+            same += usize::from(
+                (similarity(&l) >= DECISION_THRESHOLD) == (*best >= DECISION_THRESHOLD),
+            );
+        }
+        lat.sort();
+        println!(
+            "| {label} | in-process (`Cache::lookup`: validate, normalise, search) | {} | {:.3} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} |",
+            lat.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 1.0),
+            cpu.as_secs_f64() * 1e6 / qs.len() as f64,
+            found as f64 / qs.len() as f64,
+            same as f64 / qs.len() as f64,
+        );
+    }
+
+    // Through gRPC: the same sidecar.
+    let mut client = InferenceClient::connect(format!("http://{}", sidecar.grpc_addr))
+        .await
+        .context("connect")?;
+    for (label, qs) in &sets {
+        let req = |q: &Vec<f32>| pb::CacheLookupRequest {
+            partition: "bench".into(),
+            embedding: q.clone(),
+            similarity_threshold: f32::MIN_POSITIVE,
+        };
+        for q in qs.iter().take(100) {
+            client.cache_lookup(req(q)).await?;
+        }
+        let mut lat = Vec::with_capacity(qs.len());
+        let mut hits = 0;
+        for q in qs {
+            let r = req(q);
+            let t = Instant::now();
+            let out = client.cache_lookup(r).await?.into_inner();
+            lat.push(t.elapsed());
+            hits += usize::from(out.hit);
+        }
+        lat.sort();
+        println!(
+            "| {label} | gRPC `CacheLookup` (tonic client, same machine) | {} | {:.3} | {:.3} | {:.3} | | (hits {hits}) | |",
+            lat.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 1.0),
+        );
+    }
+    sidecar.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&empty);
+    Ok(())
+}
+
+/// Redis cache: lookup latency as the partition grows (a lookup reads the
+/// whole partition).
+async fn cache_redis(url: String) -> anyhow::Result<()> {
+    let dim = 384;
+    let mut rng = SplitMix64::new(7);
+    println!("| partition entries | lookups | p50 ms | p99 ms | hits |");
+    println!("|---:|---:|---:|---:|---:|");
+    for n in [10usize, 100, 1_000, 5_000] {
+        let cfg = CacheConfig {
+            backend: CacheBackendKind::Redis,
+            redis_url: url.clone(),
+            redis_timeout: Duration::from_secs(2),
+            redis_max_partition_entries: n,
+            ..CacheConfig::default()
+        };
+        let redis = RedisCache::connect(&cfg, dim, Arc::new(Metrics::new()?)).await?;
+        let part = format!("bench-{n}-{}", std::process::id());
+        let stored: Vec<Vec<f32>> = (0..n).map(|_| rng.unit_vector(dim)).collect();
+        for (i, v) in stored.iter().enumerate() {
+            let out = redis
+                .store(
+                    &part,
+                    v,
+                    bytes::Bytes::from((i as u32).to_le_bytes().to_vec()),
+                    Duration::from_secs(600),
+                )
+                .await;
+            anyhow::ensure!(
+                out == inference_server::sidecar::cache::Stored::Stored,
+                "store failed: is Redis up at {url}?"
+            );
+        }
+        let reps = if n >= 1_000 { 100 } else { 300 };
+        let mut lat = Vec::with_capacity(reps);
+        let mut hits = 0;
+        for i in 0..reps {
+            let q = near(&stored[(i * 31) % n], 0.95, &mut rng);
+            let t = Instant::now();
+            let l = redis.lookup(&part, &q, 0.9).await;
+            lat.push(t.elapsed());
+            hits += usize::from(matches!(l, Lookup::Hit { .. }));
+        }
+        lat.sort();
+        println!(
+            "| {n} | {reps} | {:.3} | {:.3} | {hits} |",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99)
+        );
+    }
     Ok(())
 }
