@@ -54,6 +54,11 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "law",
     ),
     ("domain", "What is the derivative of x^2 sin x?", "math"),
+    (
+        "domain",
+        "How does photosynthesis convert light into chemical energy?",
+        "biology",
+    ),
 ];
 
 fn seq(r: &pb::TaskResult) -> &pb::SequenceClassification {
