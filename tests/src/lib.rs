@@ -5,6 +5,7 @@
 //! Long-lived processes run under a small shell watchdog ([`Proc`]) that kills them when
 //! the test process goes away, even if their guard is in a `static` that never drops.
 
+pub mod bench;
 pub mod http;
 pub mod paths;
 pub mod proc;

@@ -71,6 +71,17 @@ impl Stack {
         env: &[(&str, &str)],
         sidecar: Option<&str>,
     ) -> Stack {
+        Stack::start_edited(template, env, sidecar, |bootstrap| bootstrap)
+    }
+
+    /// Like [`Stack::start_with_sidecar`], with `edit` applied to the bootstrap `vsr render`
+    /// wrote before Envoy reads it (e.g. a benchmark's extra listener).
+    pub fn start_edited(
+        template: &str,
+        env: &[(&str, &str)],
+        sidecar: Option<&str>,
+        edit: impl FnOnce(String) -> String,
+    ) -> Stack {
         let (vsr, envoy, wasm) = (paths::vsr(), paths::envoy(), paths::wasm());
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -100,7 +111,7 @@ impl Stack {
         let (ok, yaml, err) = vsr_render(&config_path, &wasm, admin_port, env);
         assert!(ok, "vsr render failed:\n{err}\nconfig:\n{config}");
         let bootstrap_path = dir.path().join("envoy.yaml");
-        std::fs::write(&bootstrap_path, yaml).expect("write bootstrap");
+        std::fs::write(&bootstrap_path, edit(yaml)).expect("write bootstrap");
 
         let envoy = Proc::spawn(
             "envoy",

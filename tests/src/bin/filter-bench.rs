@@ -6,14 +6,14 @@
 //! Usage: `cargo run --release -p vsr-e2e --bin filter-bench -- [--seconds S] [--rounds R]`
 //! (after `scripts/setup.sh` and building the wasm filter and `vsr`; see docs/BENCHMARKS.md).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use vsr_e2e::bench::{self, Args, RequestSource, Sample};
+use vsr_e2e::{free_port, wait_until};
 
 /// 10 keyword rules of 5 keywords and 10 decisions, all models on one mock upstream.
 fn bench_config(mock_port: u16, listen_port: u16) -> String {
@@ -91,10 +91,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -115,199 +111,37 @@ fn find(env: &str, candidates: &[PathBuf]) -> Result<PathBuf> {
 }
 
 fn wait_for_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if wait_until(Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }) {
+        return Ok(());
     }
     bail!("port {port} did not open within 30 s")
 }
 
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    request: Arc<Vec<u8>>,
-}
-
-/// The request bytes every client sends.
-fn request_bytes(path: &str, model: &str) -> Vec<u8> {
-    let body = BODY.replace("MODEL", model);
-    format!(
-        "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-impl Conn {
-    fn new(port: u16, request: Arc<Vec<u8>>) -> Result<Self> {
-        let s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_nodelay(true)?;
-        Ok(Conn {
-            reader: BufReader::new(s),
-            request,
-        })
-    }
-
-    /// Sends the request and reads the whole response; returns the status.
-    fn roundtrip(&mut self) -> Result<u16> {
-        self.reader.get_mut().write_all(&self.request)?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .context("bad status line")?
-            .parse()?;
-        let (mut length, mut chunked) = (0usize, false);
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line)?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let lower = l.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                length = v.trim().parse()?;
-            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            }
-        }
-        if chunked {
-            loop {
-                line.clear();
-                self.reader.read_line(&mut line)?;
-                let size = usize::from_str_radix(line.trim(), 16)?;
-                let mut buf = vec![0; size + 2];
-                self.reader.read_exact(&mut buf)?;
-                if size == 0 {
-                    break;
-                }
-            }
-        } else {
-            let mut buf = vec![0; length];
-            self.reader.read_exact(&mut buf)?;
-        }
-        Ok(status)
-    }
-}
-
-#[derive(Default)]
-struct Sample {
-    latencies_us: Vec<u64>,
-    seconds: f64,
-    /// CPU seconds Envoy spent during the sample: less sensitive to other load than latency.
-    envoy_cpu: f64,
-}
-
-/// User + system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).context("no utime")?.parse::<f64>()?
-        + fields.get(12).context("no stime")?.parse::<f64>()?;
-    Ok(ticks / 100.0)
-}
-
-/// `clients` threads, each on its own connection, for `seconds`.
-fn load(
+/// One side for `seconds` at `clients`, with Envoy's CPU time.
+fn side(
     port: u16,
     clients: usize,
     seconds: f64,
-    request: &Arc<Vec<u8>>,
+    request: &RequestSource,
     envoy: u32,
 ) -> Result<Sample> {
-    let cpu_before = cpu_seconds(envoy)?;
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let request = request.clone();
-            std::thread::spawn(move || -> Result<Vec<u64>> {
-                let mut conn = Conn::new(port, request)?;
-                let mut lat = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let status = conn.roundtrip()?;
-                    if status != 200 {
-                        bail!("status {status} from port {port}");
-                    }
-                    lat.push(t.elapsed().as_micros() as u64);
-                }
-                Ok(lat)
-            })
-        })
-        .collect();
-    let mut s = Sample::default();
-    for h in handles {
-        s.latencies_us.extend(
-            h.join()
-                .map_err(|_| anyhow::anyhow!("client thread panicked"))??,
-        );
-    }
-    s.seconds = start.elapsed().as_secs_f64();
-    s.envoy_cpu = cpu_seconds(envoy)? - cpu_before;
-    Ok(s)
-}
-
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
-struct Summary {
-    p50_ms: f64,
-    p99_ms: f64,
-    rps: f64,
-    cpu_us_per_request: f64,
-}
-
-fn summarise(samples: &[Sample]) -> Summary {
-    let mut all: Vec<u64> = samples
-        .iter()
-        .flat_map(|s| s.latencies_us.iter().copied())
-        .collect();
-    all.sort_unstable();
-    let secs: f64 = samples.iter().map(|s| s.seconds).sum();
-    let cpu: f64 = samples.iter().map(|s| s.envoy_cpu).sum();
-    Summary {
-        p50_ms: pct(&all, 0.5),
-        p99_ms: pct(&all, 0.99),
-        rps: all.len() as f64 / secs,
-        cpu_us_per_request: cpu * 1e6 / all.len() as f64,
-    }
+    bench::load(port, clients, seconds, request, &[envoy], &[])
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: f64| -> f64 {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let seconds = arg("--seconds", 3.0);
-    let rounds = arg("--rounds", 4.0) as usize;
-    let concurrency = arg("--envoy-concurrency", 2.0) as usize;
-    let text = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or(default.to_string())
-    };
+    let args = Args::from_env();
+    let seconds = args.num("--seconds", 3.0)?;
+    let rounds = args.num("--rounds", 4.0)? as usize;
+    let concurrency = args.num("--envoy-concurrency", 2.0)? as usize;
     // `--path /x/v1/chat/completions` measures the filter's pass-through cost (no buffering),
     // `--model model-a` an explicit model (buffer + parse, body untouched).
-    let request = Arc::new(request_bytes(
-        &text("--path", "/v1/chat/completions"),
-        &text("--model", "MoM"),
-    ));
+    let bytes = bench::post_json(
+        &args.text("--path", "/v1/chat/completions"),
+        &BODY.replace("MODEL", &args.text("--model", "MoM")),
+    );
+    let request = move || bytes.clone();
 
     let root = root();
     let vsr = find(
@@ -326,7 +160,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&work)?;
 
     let (mock_port, filtered, baseline, admin) =
-        (free_port()?, free_port()?, free_port()?, free_port()?);
+        (free_port(), free_port(), free_port(), free_port());
     let cfg_path = work.join("bench.yaml");
     std::fs::write(&cfg_path, bench_config(mock_port, filtered))?;
 
@@ -356,7 +190,7 @@ fn main() -> Result<()> {
             String::from_utf8_lossy(&rendered.stderr)
         );
     }
-    let bootstrap = with_baseline_listener(&String::from_utf8(rendered.stdout)?, baseline)?;
+    let bootstrap = bench::with_baseline_listener(&String::from_utf8(rendered.stdout)?, baseline)?;
     let boot_path = work.join("envoy.yaml");
     std::fs::write(&boot_path, bootstrap)?;
     let envoy_proc = Proc(
@@ -380,8 +214,8 @@ fn main() -> Result<()> {
         wait_for_port(p)?;
     }
     // Warm both paths (V8 compiles the module lazily per worker).
-    load(filtered, 4, 1.0, &request, pid)?;
-    load(baseline, 4, 1.0, &request, pid)?;
+    side(filtered, 4, 1.0, &request, pid)?;
+    side(baseline, 4, 1.0, &request, pid)?;
 
     println!("filter-bench: {rounds} interleaved rounds x {seconds}s per side, envoy --concurrency {concurrency}");
     println!("| clients | side | p50 ms | p99 ms | req/s | Envoy CPU µs/request |");
@@ -392,18 +226,20 @@ fn main() -> Result<()> {
         for r in 0..rounds {
             // Alternate which side goes first so drift hits both equally.
             if r % 2 == 0 {
-                with.push(load(filtered, clients, seconds, &request, pid)?);
-                without.push(load(baseline, clients, seconds, &request, pid)?);
+                with.push(side(filtered, clients, seconds, &request, pid)?);
+                without.push(side(baseline, clients, seconds, &request, pid)?);
             } else {
-                without.push(load(baseline, clients, seconds, &request, pid)?);
-                with.push(load(filtered, clients, seconds, &request, pid)?);
+                without.push(side(baseline, clients, seconds, &request, pid)?);
+                with.push(side(filtered, clients, seconds, &request, pid)?);
             }
         }
-        let (w, b) = (summarise(&with), summarise(&without));
+        bench::all_ok(&with, "envoy + filter")?;
+        bench::all_ok(&without, "envoy alone")?;
+        let (w, b) = (bench::summarise(&with), bench::summarise(&without));
         for (side, s) in [("envoy + filter", &w), ("envoy alone", &b)] {
             println!(
                 "| {clients} | {side} | {:.3} | {:.3} | {:.0} | {:.1} |",
-                s.p50_ms, s.p99_ms, s.rps, s.cpu_us_per_request
+                s.p50_ms, s.p99_ms, s.rps, s.cpu_us_per_request[0]
             );
         }
         ratios.push((
@@ -423,29 +259,4 @@ fn main() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
-}
-
-/// Adds a copy of the first listener on `port` without the wasm filter.
-fn with_baseline_listener(bootstrap: &str, port: u16) -> Result<String> {
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(bootstrap)?;
-    let listeners = doc
-        .get_mut("static_resources")
-        .and_then(|s| s.get_mut("listeners"))
-        .and_then(|l| l.as_sequence_mut())
-        .context("bootstrap has no static_resources.listeners")?;
-    let mut copy = listeners.first().cloned().context("no listener")?;
-    copy["name"] = "baseline".into();
-    copy["address"]["socket_address"]["port_value"] = port.into();
-    let chains = copy["filter_chains"]
-        .as_sequence_mut()
-        .context("listener has no filter_chains")?;
-    for chain in chains {
-        for f in chain["filters"].as_sequence_mut().into_iter().flatten() {
-            if let Some(http) = f["typed_config"]["http_filters"].as_sequence_mut() {
-                http.retain(|h| h["name"].as_str() != Some("envoy.filters.http.wasm"));
-            }
-        }
-    }
-    listeners.push(copy);
-    Ok(serde_yaml::to_string(&doc)?)
 }
