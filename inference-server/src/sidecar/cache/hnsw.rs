@@ -617,10 +617,19 @@ mod tests {
     /// a paraphrase of an earlier prompt).
     #[test]
     fn recall_near_duplicates_10k_384d() {
-        let set = random_set(10_000, 384, 11);
+        // 10k in release; an unoptimised test build gets a smaller set (same recall bar).
+        let set = random_set(
+            if cfg!(debug_assertions) {
+                2_000
+            } else {
+                10_000
+            },
+            384,
+            11,
+        );
         let h = build(&set, HnswParams::default());
         let mut rng = SplitMix64::new(12);
-        let queries = 500;
+        let queries = if cfg!(debug_assertions) { 200 } else { 500 };
         let mut hits = 0;
         for i in 0..queries {
             let q = nearby(&set[(i * 19) % set.len()], 0.9, &mut rng);
@@ -640,10 +649,18 @@ mod tests {
     /// graph's quality instead.
     #[test]
     fn recall_uniform_queries_10k_32d() {
-        let set = random_set(10_000, 32, 21);
+        let set = random_set(
+            if cfg!(debug_assertions) {
+                2_000
+            } else {
+                10_000
+            },
+            32,
+            21,
+        );
         let h = build(&set, HnswParams::default());
         let mut rng = SplitMix64::new(22);
-        let queries = 500;
+        let queries = if cfg!(debug_assertions) { 200 } else { 500 };
         let hits = (0..queries)
             .filter(|_| {
                 let q = rng.unit_vector(32);
