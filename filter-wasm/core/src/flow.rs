@@ -285,9 +285,11 @@ impl RequestFlow {
                 client_headers,
                 started_ms,
             } if expected == token => {
-                // Envoy reports its own call timeout as UNAVAILABLE: tell it apart by time.
-                let timed_out = host.now_unix_ms().saturating_sub(started_ms)
-                    >= self.router.sidecar_timeout_ms();
+                // Envoy reports its own call timeout as UNAVAILABLE: tell it apart by time (90%
+                // of the budget: the clocks are millisecond-coarse; a refused connection fails in
+                // a few milliseconds).
+                let timed_out = host.now_unix_ms().saturating_sub(started_ms) * 10
+                    >= self.router.sidecar_timeout_ms() * 9;
                 let outcome = match (&body, status) {
                     (Some(b), 0) => CallOutcome::Ok(b),
                     (None, 0) => CallOutcome::Ok(&[]),
