@@ -191,6 +191,9 @@ impl Cache {
                 if cfg.redis_max_partition_entries == 0 {
                     anyhow::bail!("--cache-redis-max-partition-entries must be at least 1");
                 }
+                if cfg.redis_timeout.is_zero() {
+                    anyhow::bail!("--cache-redis-timeout-ms must be at least 1");
+                }
                 Arc::new(redis::RedisCache::connect(cfg, dim, metrics.clone()).await?)
             }
             CacheBackendKind::Off => Arc::new(Disabled),
@@ -468,6 +471,40 @@ mod tests {
             metrics.cache_lookups.with_label_values(&["bypass"]).get(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn startup_settings_are_checked() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let bad = [
+            CacheConfig {
+                default_ttl: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                max_entries: 0,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                backend: CacheBackendKind::Redis,
+                redis_timeout: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            CacheConfig {
+                backend: CacheBackendKind::Redis,
+                redis_url: "http://127.0.0.1:6379".into(),
+                ..CacheConfig::default()
+            },
+        ];
+        for cfg in bad {
+            let err = Cache::new(&cfg, 3, metrics.clone()).await.err();
+            assert!(err.is_some(), "{cfg:?} was accepted");
+        }
+        let off = CacheConfig {
+            backend: CacheBackendKind::Off,
+            ..CacheConfig::default()
+        };
+        assert!(Cache::new(&off, 3, metrics).await.is_ok());
     }
 
     #[test]
