@@ -151,7 +151,9 @@ fn bootstrap(cfg: &UserConfig, opts: &Options<'_>) -> Result<Value, Vec<ConfigEr
         .collect();
     if cfg.needs_sidecar() {
         match parse_host_port(&cfg.inference_sidecar.address) {
-            Ok(endpoint) => clusters.push(sidecar_cluster(&cfg.inference_sidecar.cluster, &endpoint)),
+            Ok(endpoint) => {
+                clusters.push(sidecar_cluster(&cfg.inference_sidecar.cluster, &endpoint))
+            }
             Err(e) => errors.push(ConfigError::new("inference_sidecar.address", e)),
         }
         if !errors.is_empty() {

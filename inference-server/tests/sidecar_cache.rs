@@ -594,7 +594,7 @@ async fn redis_frozen_is_a_bypass_within_the_deadline_and_partitions_are_bounded
         models.path(),
         CacheConfig {
             redis_max_partition_entries: 3,
-            ..redis_cache(redis.url(), 150)
+            ..redis_cache(redis.url(), 400)
         },
     ))
     .await;
@@ -608,8 +608,14 @@ async fn redis_frozen_is_a_bypass_within_the_deadline_and_partitions_are_bounded
     ];
     let e = embed(&mut c, &texts).await;
 
-    // Bounded partition: the two least recently used of five go.
-    for (i, v) in e.iter().enumerate() {
+    // Bounded partition (3): stores in the same millisecond still evict in
+    // order, and a hit counts as a use: store 0, 1, 2, hit 0, store 3, 4 →
+    // 1 and 2 go.
+    for (i, v) in e.iter().enumerate().take(3) {
+        assert!(store(&mut c, "p", v, &[i as u8], 0).await.unwrap().stored);
+    }
+    assert!(lookup(&mut c, "p", &e[0], 0.99).await.unwrap().hit);
+    for (i, v) in e.iter().enumerate().skip(3) {
         assert!(store(&mut c, "p", v, &[i as u8], 0).await.unwrap().stored);
     }
     let keys = PartitionKeys::of("p");
@@ -622,7 +628,7 @@ async fn redis_frozen_is_a_bypass_within_the_deadline_and_partitions_are_bounded
     assert_eq!(hlen, 3);
     for (i, v) in e.iter().enumerate() {
         let r = lookup(&mut c, "p", v, 0.99).await.unwrap();
-        assert_eq!(r.hit, i >= 2, "entry {i}: {r:?}");
+        assert_eq!(r.hit, i == 0 || i >= 3, "entry {i}: {r:?}");
         if r.hit {
             assert_eq!(r.response, [i as u8]);
         }
@@ -639,13 +645,13 @@ async fn redis_frozen_is_a_bypass_within_the_deadline_and_partitions_are_bounded
         let r = lookup(&mut c, "p", &e[3], 0.99).await.unwrap();
         let took = t.elapsed();
         assert_eq!(r.bypass_reason, "redis_unavailable");
-        assert!(took < Duration::from_millis(800), "{took:?}");
+        assert!(took < Duration::from_millis(2_000), "{took:?}");
     }
     let t = Instant::now();
     let st = store(&mut c, "p", &e[0], b"x", 0).await.unwrap();
     assert_eq!(st.bypass_reason, "redis_unavailable");
     assert!(
-        t.elapsed() < Duration::from_millis(800),
+        t.elapsed() < Duration::from_millis(2_000),
         "{:?}",
         t.elapsed()
     );

@@ -4,20 +4,24 @@
 //!
 //! ```text
 //! vsr:cache:v1:{<hex sha256(P), 32 chars>}:vec     HASH  id -> expiry (u64 LE, unix ms) ++ dim × f32 LE
-//! vsr:cache:v1:{<hex sha256(P), 32 chars>}:lru     ZSET  id -> last store/hit (unix ms)
+//! vsr:cache:v1:{<hex sha256(P), 32 chars>}:lru     ZSET  id -> recency tick (last store or hit)
+//! vsr:cache:v1:{<hex sha256(P), 32 chars>}:seq     STRING the partition's tick counter (INCR)
 //! vsr:cache:v1:{<hex sha256(P), 32 chars>}:a:<id>  STRING the answer, PEXPIRE = its TTL
 //! ```
 //!
+//! Recency is a counter, not a clock: stores in the same millisecond (or
+//! from replicas with skewed clocks) still evict in the order they happened.
+//!
 //! `id` is the hex of [`content_id`] of the normalised vector, so storing
 //! the same vector again (from any replica) replaces the entry. A store is
-//! one Lua script: write the three keys, evict the least recently used past
+//! one Lua script: write the entry, evict the least recently used past
 //! `max_partition_entries`, and extend the partition keys' own expiry to
 //! the longest TTL they hold (an abandoned partition disappears).
 //!
 //! A lookup reads the whole `vec` hash (HGETALL) and scores every vector
 //! here, so its cost grows with the partition: about 1.5 KiB per 384-d
 //! entry, hence the per-partition bound. A hit then reads the answer and
-//! refreshes its recency in one pipelined round trip. Expired vectors met
+//! refreshes its recency in one more script call. Expired vectors met
 //! on the way are removed in the background (compare-and-delete, so a
 //! fresh store of the same id by another replica is kept).
 //!
@@ -52,15 +56,15 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(250);
 const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 
 const STORE_LUA: &str = r#"
--- KEYS: vectors hash, recency zset
--- ARGV: answer key prefix, id, vector blob, answer, ttl ms, now ms, max entries
-local vec, lru, prefix, id = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+-- KEYS: vectors hash, recency zset, tick counter
+-- ARGV: answer key prefix, id, vector blob, answer, ttl ms, max entries
+local vec, lru, seq, prefix, id = KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2]
 local ttl = tonumber(ARGV[5])
 redis.call('HSET', vec, id, ARGV[3])
 redis.call('SET', prefix .. id, ARGV[4], 'PX', ttl)
-redis.call('ZADD', lru, ARGV[6], id)
+redis.call('ZADD', lru, redis.call('INCR', seq), id)
 local evicted = 0
-local over = redis.call('ZCARD', lru) - tonumber(ARGV[7])
+local over = redis.call('ZCARD', lru) - tonumber(ARGV[6])
 if over > 0 then
   local old = redis.call('ZPOPMIN', lru, over)
   for i = 1, #old, 2 do
@@ -69,12 +73,21 @@ if over > 0 then
     evicted = evicted + 1
   end
 end
-for _, k in ipairs({vec, lru}) do
+for _, k in ipairs({vec, lru, seq}) do
   if redis.call('PTTL', k) < ttl then
     redis.call('PEXPIRE', k, ttl)
   end
 end
 return {evicted, redis.call('HLEN', vec)}
+"#;
+
+const HIT_LUA: &str = r#"
+-- KEYS: answer, recency zset, tick counter; ARGV: id
+local answer = redis.call('GET', KEYS[1])
+if answer then
+  redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[3]), ARGV[1])
+end
+return answer
 "#;
 
 const REMOVE_LUA: &str = r#"
@@ -98,6 +111,7 @@ return n
 pub struct PartitionKeys {
     pub vectors: String,
     pub recency: String,
+    pub ticks: String,
     /// Append the entry id.
     pub answer_prefix: String,
 }
@@ -109,6 +123,7 @@ impl PartitionKeys {
         Self {
             vectors: format!("{base}:vec"),
             recency: format!("{base}:lru"),
+            ticks: format!("{base}:seq"),
             answer_prefix: format!("{base}:a:"),
         }
     }
@@ -194,6 +209,7 @@ pub struct RedisCache {
     connecting: AtomicBool,
     warn: RateLimitedWarn,
     store_script: Script,
+    hit_script: Script,
     remove_script: Script,
 }
 
@@ -221,6 +237,7 @@ impl RedisCache {
             connecting: AtomicBool::new(false),
             warn: RateLimitedWarn::new(Duration::from_secs(10)),
             store_script: Script::new(STORE_LUA),
+            hit_script: Script::new(HIT_LUA),
             remove_script: Script::new(REMOVE_LUA),
         };
         let deadline = tokio::time::Instant::now() + cfg.redis_timeout.max(Duration::from_secs(1));
@@ -439,21 +456,17 @@ impl CacheBackend for RedisCache {
         let id = &fields[i].0;
         let mut answer_key = keys.answer_prefix.clone().into_bytes();
         answer_key.extend_from_slice(id);
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("GET")
-            .arg(&answer_key)
-            .cmd("ZADD")
-            .arg(&keys.recency)
-            .arg("XX")
-            .arg(now)
-            .arg(id)
-            .ignore();
-        let got: (Option<Vec<u8>>,) =
-            match self.run("GET", deadline, pipe.query_async(&mut conn)).await {
+        let mut inv = self.hit_script.prepare_invoke();
+        inv.key(&answer_key)
+            .key(&keys.recency)
+            .key(&keys.ticks)
+            .arg(id);
+        let got: Option<Vec<u8>> =
+            match self.run("hit", deadline, inv.invoke_async(&mut conn)).await {
                 Some(g) => g,
                 None => return self.bypass_lookup(),
             };
-        match got.0 {
+        match got {
             Some(answer) => Lookup::Hit {
                 response: Bytes::from(answer),
                 similarity: sim,
@@ -479,12 +492,12 @@ impl CacheBackend for RedisCache {
         let mut inv = self.store_script.prepare_invoke();
         inv.key(&keys.vectors)
             .key(&keys.recency)
+            .key(&keys.ticks)
             .arg(&keys.answer_prefix)
             .arg(&id)
             .arg(pack(now.saturating_add(ttl_ms), v))
             .arg(&response[..])
             .arg(ttl_ms)
-            .arg(now)
             .arg(self.max_partition_entries);
         match self
             .run("store", deadline, inv.invoke_async::<(u64, u64)>(&mut conn))

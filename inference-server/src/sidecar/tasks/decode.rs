@@ -171,7 +171,10 @@ pub fn entities(tokens: &[TokenLabel], text: &str) -> Vec<Entity> {
         let in_word = prev_end == Some(t.byte_start) && inside_word(text, t.byte_start);
         prev_end = Some(t.byte_end);
         if in_word {
-            if open.as_ref().is_some_and(|(e, _)| e.byte_end == t.byte_start) {
+            if open
+                .as_ref()
+                .is_some_and(|(e, _)| e.byte_end == t.byte_start)
+            {
                 extend(&mut open, t);
             }
             continue;
