@@ -55,7 +55,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     );
     if !args.text.is_empty() {
         let texts: Vec<&str> = args.text.iter().map(String::as_str).collect();
-        let preds = task.predict(&texts, 32)?;
+        let preds = if task.files.spec.kind == crate::sidecar::tasks::TaskKind::Pair {
+            // Pair tasks (`nli`): each text is `premise<TAB>hypothesis`.
+            let pairs = texts
+                .iter()
+                .map(|t| {
+                    t.split_once('\t').with_context(|| {
+                        format!(
+                            "`{}` is a pair task: give --text \"premise<TAB>hypothesis\"",
+                            args.task
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            task.predict_pairs(&pairs, 32)?
+        } else {
+            task.predict(&texts, 32)?
+        };
         let rows: Vec<serde_json::Value> = texts
             .iter()
             .zip(preds)
@@ -92,7 +108,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let frac = split["val_fraction"].as_f64().unwrap_or(0.1);
         let max = split["max_examples"].as_u64().map(|m| m as usize);
         let used = data::subsample(dataset.validated, max, seed);
-        data::split(&used, |i| dataset.examples[i].label, frac, seed).1
+        data::split_examples(&dataset, &used, frac, seed).1
     };
     let scored = task.score(&dataset, &indices, 32)?;
     if args.json {

@@ -12,7 +12,7 @@ use crate::training::{card, data, evaluate, trainer};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Task to train: `domain`, `jailbreak`, `fact_check` or `feedback`.
+    /// Task to train: `domain`, `jailbreak`, `fact_check`, `feedback` or `nli`.
     #[arg(long)]
     pub task: String,
     /// Datasets root (with a `<task>/` folder) or the task's data folder.

@@ -27,9 +27,15 @@ pub fn render(c: &CardInputs) -> String {
     let cfg = c.cfg;
     let o = c.outcome;
     let _ = writeln!(s, "# `{}` task head\n", cfg.task);
+    let pair = o.spec.kind == crate::sidecar::tasks::TaskKind::Pair;
     let _ = writeln!(
         s,
-        "Sequence classifier for the inference sidecar (docs/SIDECAR.md), trained by `vsr train`.\n"
+        "{} for the inference sidecar (docs/SIDECAR.md), trained by `vsr train`.\n",
+        if pair {
+            "Pair classifier (`[CLS] premise [SEP] hypothesis [SEP]` → label, served by the `Nli` RPC: softmax averaged over the premise's windows)"
+        } else {
+            "Sequence classifier"
+        }
     );
     let _ = writeln!(s, "## Data\n");
     for src in c.sources {
@@ -57,7 +63,12 @@ pub fn render(c: &CardInputs) -> String {
     };
     let _ = writeln!(
         s,
-        "* examples used: {used}{subset}; split stratified by label, seed {}: {} train / {} validation ({:.0}%)",
+        "* examples used: {used}{subset}; split {}, seed {}: {} train / {} validation ({:.0}%)",
+        if pair {
+            "grouped by premise (no premise on both sides)"
+        } else {
+            "stratified by label"
+        },
         cfg.seed,
         o.train_examples - c.extra_examples,
         o.val_indices.len(),

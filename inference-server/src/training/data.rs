@@ -22,10 +22,13 @@ pub fn domain_label(category: &str) -> Option<&'static str> {
     DOMAIN_LABELS.iter().copied().find(|l| *l == norm)
 }
 
-/// One labelled text.
+/// One labelled text, or pair of texts (`nli`: premise, hypothesis).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
+    /// The text; for pair tasks the first text (the premise).
     pub text: String,
+    /// The second text of a pair task (the hypothesis); `None` otherwise.
+    pub second: Option<String>,
     /// Index into [`Dataset::labels`].
     pub label: usize,
     /// Index into [`Dataset::origins`]: the file or subset it came from.
@@ -67,12 +70,14 @@ pub struct LoadOptions {
 }
 
 /// Tasks `vsr train` / `vsr eval` can read data for.
-pub const SUPPORTED_TASKS: [&str; 4] = ["domain", "jailbreak", "fact_check", "feedback"];
+pub const SUPPORTED_TASKS: [&str; 5] = ["domain", "jailbreak", "fact_check", "feedback", "nli"];
 
 /// The router reads every label but `benign` as a jailbreak type and uses
 /// 1 − P(benign) as the confidence.
 pub const JAILBREAK_LABELS: [&str; 2] = ["benign", "jailbreak"];
 pub const FACT_CHECK_LABELS: [&str; 2] = ["needs_fact_check", "no_fact_check_needed"];
+/// SNLI's classes, in the order the `nli` head outputs them.
+pub const NLI_LABELS: [&str; 3] = ["entailment", "neutral", "contradiction"];
 pub const FEEDBACK_LABELS: [&str; 4] = [
     "satisfied",
     "need_clarification",
@@ -173,6 +178,7 @@ pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<D
         "jailbreak" => load_jailbreak(data),
         "fact_check" => load_fact_check(data),
         "feedback" => load_feedback(data),
+        "nli" => load_nli(data),
         other => bail!(
             "no data loader for task `{other}` (supported: {})",
             SUPPORTED_TASKS.join(", ")
@@ -206,6 +212,7 @@ fn load_domain(data: &Path) -> anyhow::Result<Dataset> {
             .unwrap_or_default();
         examples.push(Example {
             text: q.to_string(),
+            second: None,
             label,
             origin: 0,
         });
@@ -309,6 +316,7 @@ fn add_mmlu(d: &mut Dataset) -> anyhow::Result<()> {
                 known.insert(n);
                 d.examples.push(Example {
                     text: q.to_string(),
+                    second: None,
                     label,
                     origin,
                 });
@@ -386,6 +394,7 @@ impl Builder {
         };
         self.examples.push(Example {
             text: text.to_string(),
+            second: None,
             label,
             origin,
         });
@@ -851,6 +860,240 @@ fn load_feedback(data: &Path) -> anyhow::Result<Dataset> {
     b.finish(dir, note, Vec::new())
 }
 
+/// Pairs (premise, hypothesis, label) each shipped pair head must label as
+/// given (the model card lists the answers; `tests/trained_heads.rs` checks
+/// them through the sidecar's `Nli` RPC).
+pub fn pair_acceptance_examples(
+    task: &str,
+) -> &'static [(&'static str, &'static str, &'static str)] {
+    match task {
+        "nli" => &[
+            (
+                "A man is playing a guitar on stage.",
+                "A person is playing an instrument.",
+                "entailment",
+            ),
+            (
+                "A man is running a marathon.",
+                "A man is sleeping.",
+                "contradiction",
+            ),
+            (
+                "A woman is walking her dog in the park.",
+                "A woman is outside with an animal.",
+                "entailment",
+            ),
+            (
+                "Two children are swimming in a pool.",
+                "The children are sitting in a classroom.",
+                "contradiction",
+            ),
+        ],
+        _ => &[],
+    }
+}
+
+/// SNLI's space-separated tokens joined back the way people type: no
+/// space before `.` `,` `;` `:` `!` `?` `)` `%` and the clitics `'s`,
+/// `n't`, `'re`, `'m`, `'ll`, `'ve`, `'d`; none after `(`; PTB quotes
+/// (`` ` ` ``/`''`) become `"` attached to the quoted words.
+pub fn detokenize(tokenized: &str) -> String {
+    let mut out = String::with_capacity(tokenized.len());
+    let mut glue_next = false;
+    let mut open_quote = false;
+    for tok in tokenized.split_whitespace() {
+        let (tok, glue_before, glue_after) = match tok {
+            "." | "," | ";" | ":" | "!" | "?" | ")" | "%" | "'s" | "n't" | "'re" | "'m" | "'ll"
+            | "'ve" | "'d" => (tok, true, false),
+            "(" => (tok, false, true),
+            "``" => (tok, false, true),
+            "''" => (tok, true, false),
+            "\"" => {
+                // A bare quote: opening when no quote is open.
+                if open_quote {
+                    (tok, true, false)
+                } else {
+                    (tok, false, true)
+                }
+            }
+            _ => (tok, false, false),
+        };
+        if matches!(tok, "``" | "''" | "\"") {
+            open_quote = !open_quote;
+        }
+        if !out.is_empty() && !glue_before && !glue_next {
+            out.push(' ');
+        }
+        out.push_str(match tok {
+            "``" | "''" => "\"",
+            t => t,
+        });
+        glue_next = glue_after;
+    }
+    out
+}
+
+/// Files of the `nli` task: SNLI dev and test as distributed with e-SNLI.
+const NLI_SPLITS: [&str; 2] = ["dev", "test"];
+
+/// `nli`: SNLI premise/hypothesis pairs (`s1.<split>`, `s2.<split>`,
+/// `labels.<split>`, one per line, space-tokenized).
+fn load_nli(data: &Path) -> anyhow::Result<Dataset> {
+    let dir = task_folder("nli", data, &["nli/snli_devtest", "snli_devtest"], "s1.dev")?;
+    let mut origins = Vec::new();
+    let mut sources = Vec::new();
+    let mut examples = Vec::new();
+    let mut seen: std::collections::HashMap<(String, String), Option<usize>> = Default::default();
+    let (mut dups, mut unlabelled) = (0usize, 0usize);
+    for split in NLI_SPLITS {
+        let files = ["s1", "s2", "labels"].map(|f| dir.join(format!("{f}.{split}")));
+        let [s1, s2, labels] = [&files[0], &files[1], &files[2]].map(|f| read(f));
+        let (s1, s2, labels) = (s1?, s2?, labels?);
+        let (s1, s2, labels): (Vec<&str>, Vec<&str>, Vec<&str>) = (
+            s1.lines().collect(),
+            s2.lines().collect(),
+            labels.lines().collect(),
+        );
+        if s1.len() != s2.len() || s1.len() != labels.len() {
+            bail!(
+                "{}: s1/s2/labels have {}/{}/{} lines",
+                dir.display(),
+                s1.len(),
+                s2.len(),
+                labels.len()
+            );
+        }
+        let origin = origins.len();
+        origins.push(format!("SNLI {split}"));
+        let before = examples.len();
+        for ((p, h), l) in s1.iter().zip(&s2).zip(&labels) {
+            let Some(label) = NLI_LABELS.iter().position(|x| *x == l.trim()) else {
+                unlabelled += 1;
+                continue;
+            };
+            let (p, h) = (detokenize(p), detokenize(h));
+            if p.is_empty() || h.is_empty() {
+                unlabelled += 1;
+                continue;
+            }
+            let key = (normalize(&p), normalize(&h));
+            match seen.get_mut(&key) {
+                Some(l) => {
+                    dups += 1;
+                    if *l != Some(label) {
+                        *l = None;
+                    }
+                    continue;
+                }
+                None => {
+                    seen.insert(key, Some(label));
+                }
+            }
+            examples.push(Example {
+                text: p,
+                second: Some(h),
+                label,
+                origin,
+            });
+        }
+        sources.push(format!(
+            "SNLI {split} (e-SNLI distribution) — `{}`, `{}`, `{}`: premise, hypothesis, gold \
+             label per line; {} pairs read",
+            files[0].display(),
+            files[1].display(),
+            files[2].display(),
+            examples.len() - before
+        ));
+    }
+    // A pair seen with two labels is dropped entirely.
+    let before = examples.len();
+    examples.retain(|e| {
+        seen[&(
+            normalize(&e.text),
+            normalize(e.second.as_deref().unwrap_or_default()),
+        )]
+            .is_some()
+    });
+    let conflicts = before - examples.len();
+    if examples.is_empty() {
+        bail!("{}: no examples", dir.display());
+    }
+    let n = examples.len();
+    let label_note = format!(
+        "label = SNLI's gold label (`labels.<split>`: the majority of the annotators), one of \
+         `entailment`, `neutral`, `contradiction`; rows without one of these skipped \
+         ({unlabelled}). Texts detokenized (`man .` → `man.`, `` ` ` ``/`''` → `\"`, `do n't` → \
+         `don't`) so they look like served text. Duplicate (premise, hypothesis) pairs \
+         (lower-cased alphanumeric text) dropped ({dups}; {conflicts} kept pairs also seen \
+         with another label dropped). The split is grouped by premise (normalized text): all \
+         hypotheses of a premise are on the same side, so validation premises are never seen \
+         in training"
+    );
+    Ok(Dataset {
+        labels: NLI_LABELS.iter().map(|s| s.to_string()).collect(),
+        examples,
+        source: dir,
+        sources,
+        label_note,
+        origins,
+        probes: Vec::new(),
+        validated: n,
+    })
+}
+
+/// Seeded split of `indices` keeping each group (`group_of(i)`) on one
+/// side: groups are shuffled and moved to validation until it holds
+/// `round(n * val_fraction)` examples (at least one group, at most all but
+/// one). Each side in ascending order.
+pub fn split_grouped(
+    indices: &[usize],
+    group_of: impl Fn(usize) -> String,
+    val_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut groups: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for &i in indices {
+        groups.entry(group_of(i)).or_default().push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
+    Rng::new(seed ^ 0x6209).shuffle(&mut groups);
+    let want = (indices.len() as f64 * val_fraction).round() as usize;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let n_groups = groups.len();
+    for (k, g) in groups.into_iter().enumerate() {
+        let to_val = n_groups > 1 && k + 1 < n_groups && (k == 0 || val.len() < want);
+        if to_val {
+            val.extend(g);
+        } else {
+            train.extend(g);
+        }
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
+/// The (train, validation) split of `indices` of `data` that `vsr train`
+/// uses and `vsr eval` recomputes: grouped by first text (the premise) for
+/// pair data, stratified by label otherwise.
+pub fn split_examples(
+    data: &Dataset,
+    indices: &[usize],
+    val_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    if indices.iter().any(|&i| data.examples[i].second.is_some()) {
+        split_grouped(
+            indices,
+            |i| normalize(&data.examples[i].text),
+            val_fraction,
+            seed,
+        )
+    } else {
+        split(indices, |i| data.examples[i].label, val_fraction, seed)
+    }
+}
+
 /// A seeded subsample of at most `max` example indices (all when `None`),
 /// in ascending order.
 pub fn subsample(n: usize, max: Option<usize>, seed: u64) -> Vec<usize> {
@@ -1099,6 +1342,111 @@ mod tests {
             ds.sources[1]
         );
         assert!(load_with("jailbreak", root.path(), LoadOptions { mmlu_extra: true }).is_err());
+    }
+
+    #[test]
+    fn snli_text_is_detokenized() {
+        assert_eq!(
+            detokenize("Two women are embracing while holding to go packages . "),
+            "Two women are embracing while holding to go packages."
+        );
+        assert_eq!(
+            detokenize("A man , in a t-shirt , is n't sitting ; he 's standing !"),
+            "A man, in a t-shirt, isn't sitting; he's standing!"
+        );
+        assert_eq!(
+            detokenize("A sign reads `` Keep out '' ( in red ) : 100 %"),
+            "A sign reads \"Keep out\" (in red): 100%"
+        );
+        assert_eq!(detokenize("  "), "");
+    }
+
+    /// A miniature SNLI folder: detokenized pairs, unknown labels and
+    /// duplicates dropped, and a split that never puts a premise on both
+    /// sides.
+    #[test]
+    fn nli_loader_and_premise_grouped_split() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("nli/snli_devtest");
+        std::fs::create_dir_all(&d).unwrap();
+        let (mut s1, mut s2, mut labels) = (String::new(), String::new(), String::new());
+        for p in 0..60 {
+            for (h, l) in ["entailment", "neutral", "contradiction"]
+                .iter()
+                .enumerate()
+            {
+                s1.push_str(&format!("Premise number {p} , outside . \n"));
+                s2.push_str(&format!("Hypothesis {h} of {p} . \n"));
+                labels.push_str(l);
+                labels.push('\n');
+            }
+        }
+        // A duplicate, a conflicting copy of it and an unlabelled row.
+        s1.push_str("A dog runs .\nA dog runs .\nA dog runs .\nA dog runs .\n");
+        s2.push_str("An animal moves .\nAn animal moves .\nA cat sleeps .\nA cat sleeps .\n");
+        labels.push_str("entailment\nentailment\ncontradiction\n-\n");
+        for split in ["dev", "test"] {
+            let (a, b, c) = if split == "dev" {
+                (s1.as_str(), s2.as_str(), labels.as_str())
+            } else {
+                ("A b .\n", "A c .\n", "neutral\n")
+            };
+            std::fs::write(d.join(format!("s1.{split}")), a).unwrap();
+            std::fs::write(d.join(format!("s2.{split}")), b).unwrap();
+            std::fs::write(d.join(format!("labels.{split}")), c).unwrap();
+        }
+        let ds = load("nli", root.path()).unwrap();
+        assert_eq!(ds.labels, NLI_LABELS);
+        assert_eq!(ds.examples.len(), 60 * 3 + 2 + 1);
+        assert_eq!(ds.examples[0].text, "Premise number 0, outside.");
+        assert_eq!(ds.examples[0].second.as_deref(), Some("Hypothesis 0 of 0."));
+        assert_eq!(ds.labels[ds.examples[2].label], "contradiction");
+        let dog: Vec<(&str, &str)> = ds
+            .examples
+            .iter()
+            .filter(|e| e.text == "A dog runs.")
+            .map(|e| (e.second.as_deref().unwrap(), ds.labels[e.label].as_str()))
+            .collect();
+        assert_eq!(
+            dog,
+            [
+                ("An animal moves.", "entailment"),
+                ("A cat sleeps.", "contradiction")
+            ]
+        );
+        assert_eq!(ds.origins, ["SNLI dev", "SNLI test"]);
+        assert!(ds.label_note.contains("(1)"), "{}", ds.label_note);
+        // The task folder itself works too.
+        assert_eq!(load("nli", &d).unwrap().examples.len(), ds.examples.len());
+
+        let all: Vec<usize> = (0..ds.examples.len()).collect();
+        let (train, val) = split_examples(&ds, &all, 0.2, 42);
+        assert_eq!(train.len() + val.len(), all.len());
+        let share = val.len() as f64 / all.len() as f64;
+        assert!((0.17..=0.23).contains(&share), "validation share {share}");
+        let premises = |ix: &[usize]| -> std::collections::HashSet<String> {
+            ix.iter().map(|&i| ds.examples[i].text.clone()).collect()
+        };
+        assert!(
+            premises(&train).is_disjoint(&premises(&val)),
+            "a premise is on both sides"
+        );
+        assert_eq!(
+            split_examples(&ds, &all, 0.2, 42),
+            (train.clone(), val.clone())
+        );
+        assert_ne!(
+            split_examples(&ds, &all, 0.2, 43).1,
+            val,
+            "another seed, another split"
+        );
+        // Single-text data keeps the stratified split.
+        let mut single = ds.clone();
+        single.examples.iter_mut().for_each(|e| e.second = None);
+        assert_eq!(
+            split_examples(&single, &all, 0.2, 42),
+            split(&all, |i| single.examples[i].label, 0.2, 42)
+        );
     }
 
     #[test]

@@ -51,9 +51,9 @@ pub fn load_task(
         spec,
         dir: model_dir.to_path_buf(),
     };
-    if files.spec.kind != TaskKind::Sequence {
+    if !matches!(files.spec.kind, TaskKind::Sequence | TaskKind::Pair) {
         bail!(
-            "task `{}` is of kind `{}`; vsr eval handles `sequence` tasks so far",
+            "task `{}` is of kind `{}`; this evaluation handles `sequence` and `pair` tasks",
             files.spec.name,
             files.spec.kind.as_str()
         );
@@ -110,6 +110,111 @@ impl LoadedTask {
             .into_iter()
             .map(|l| argmax_softmax(&l))
             .collect())
+    }
+
+    /// Class probabilities per pair, as the sidecar's `Nli` RPC computes
+    /// them: `encode_pair` windows, softmax per window, mean over windows.
+    pub fn pair_probs(
+        &self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
+        let windows = pairs
+            .iter()
+            .map(|(a, b)| self.tokenizer.encode_pair(a, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<(usize, &crate::sidecar::tokenize::Encoded)> = windows
+            .iter()
+            .enumerate()
+            .flat_map(|(p, ws)| ws.iter().map(move |w| (p, w)))
+            .collect();
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&r| rows[r].1.ids.len());
+        let n = self.labels().len();
+        let mut out = vec![vec![0f32; n]; pairs.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch = Batch::from_rows(chunk.iter().map(|&r| {
+                (
+                    &rows[r].1.ids[..],
+                    &rows[r].1.type_ids[..],
+                    Wants {
+                        embedding: false,
+                        tasks: vec![0],
+                    },
+                )
+            }));
+            let res = self.backend.forward(&batch)?;
+            for (&r, o) in chunk.iter().zip(res) {
+                let p = rows[r].0;
+                let Some((_, HeadOutput::Sequence(l))) = o.heads.into_iter().next() else {
+                    bail!("backend returned no sequence logits");
+                };
+                let k = windows[p].len() as f32;
+                for (m, q) in out[p].iter_mut().zip(softmax(&l)) {
+                    *m += q / k;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// (label index, probability) per pair, as served.
+    pub fn predict_pairs(
+        &self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<(usize, f32)>> {
+        Ok(self
+            .pair_probs(pairs, batch_size)?
+            .into_iter()
+            .map(|p| {
+                let (i, q) = p
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap_or((0, 0.0));
+                (i, q)
+            })
+            .collect())
+    }
+
+    /// Predictions for examples `indices` of `data`: pairs through
+    /// [`Self::predict_pairs`], single texts through [`Self::predict`].
+    fn predict_examples(
+        &self,
+        data: &Dataset,
+        indices: &[usize],
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<(usize, f32)>> {
+        let is_pair = self.files.spec.kind == TaskKind::Pair;
+        if let Some(&i) = indices
+            .iter()
+            .find(|&&i| data.examples[i].second.is_some() != is_pair)
+        {
+            bail!(
+                "task `{}` is a `{}` task but example {i} is {}",
+                self.files.spec.name,
+                self.files.spec.kind.as_str(),
+                if is_pair { "a single text" } else { "a pair" }
+            );
+        }
+        if is_pair {
+            let pairs: Vec<(&str, &str)> = indices
+                .iter()
+                .map(|&i| {
+                    let e = &data.examples[i];
+                    (e.text.as_str(), e.second.as_deref().unwrap_or_default())
+                })
+                .collect();
+            self.predict_pairs(&pairs, batch_size)
+        } else {
+            let texts: Vec<&str> = indices
+                .iter()
+                .map(|&i| data.examples[i].text.as_str())
+                .collect();
+            self.predict(&texts, batch_size)
+        }
     }
 
     /// Confusion over `(text, gold label name)` pairs.
@@ -196,11 +301,7 @@ impl LoadedTask {
             data.labels
         );
         let n = data.labels.len();
-        let texts: Vec<&str> = indices
-            .iter()
-            .map(|&i| data.examples[i].text.as_str())
-            .collect();
-        let pred = self.predict(&texts, batch_size)?;
+        let pred = self.predict_examples(data, indices, batch_size)?;
         let mut c = Confusion::new(data.labels.clone());
         let mut by_origin: Vec<(usize, usize, Vec<usize>)> =
             vec![(0, 0, vec![0; n]); data.origins.len()];
@@ -245,7 +346,10 @@ impl LoadedTask {
                 predicted,
             });
         }
-        let checks = self.check(super::data::acceptance_examples(&self.files.spec.name))?;
+        let mut checks = self.check(super::data::acceptance_examples(&self.files.spec.name))?;
+        checks.extend(
+            self.check_pairs(super::data::pair_acceptance_examples(&self.files.spec.name))?,
+        );
         Ok(Scored {
             report: c.report(),
             benign_false_positive_rate,
@@ -278,6 +382,44 @@ impl LoadedTask {
                     label: self.labels()[best].clone(),
                     confidence,
                     p_expected: probs[e],
+                })
+            })
+            .collect()
+    }
+}
+
+impl LoadedTask {
+    /// The head's answers to `(premise, hypothesis, expected label)`; the
+    /// text shown is `premise ⇒ hypothesis`.
+    pub fn check_pairs(&self, examples: &[(&str, &str, &str)]) -> anyhow::Result<Vec<CheckResult>> {
+        if examples.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs: Vec<(&str, &str)> = examples.iter().map(|(a, b, _)| (*a, *b)).collect();
+        let probs = self.pair_probs(&pairs, 8)?;
+        examples
+            .iter()
+            .zip(probs)
+            .map(|((a, b, expected), p)| {
+                let (best, confidence) = p
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .max_by(|x, y| x.1.total_cmp(&y.1))
+                    .unwrap_or((0, 0.0));
+                let e = self
+                    .labels()
+                    .iter()
+                    .position(|x| x == expected)
+                    .with_context(|| {
+                        format!("expected label `{expected}` is not among the task's labels")
+                    })?;
+                Ok(CheckResult {
+                    text: format!("{a} ⇒ {b}"),
+                    expected: expected.to_string(),
+                    label: self.labels()[best].clone(),
+                    confidence,
+                    p_expected: p[e],
                 })
             })
             .collect()

@@ -80,9 +80,17 @@ pub fn sequence_spec(
     labels: &[String],
     metadata: serde_json::Value,
 ) -> TaskSpec {
+    // A task the router knows as a pair task (`nli`) is written as one.
+    let kind = match crate::sidecar::tasks::CATALOGUE
+        .iter()
+        .find(|(n, _)| *n == cfg.task)
+    {
+        Some((_, TaskKind::Pair)) => TaskKind::Pair,
+        _ => TaskKind::Sequence,
+    };
     TaskSpec {
         name: cfg.task.clone(),
-        kind: TaskKind::Sequence,
+        kind,
         labels: labels.to_vec(),
         pooling: Pooling::Cls,
         top_layers: cfg.top_layers,
@@ -170,6 +178,9 @@ pub(crate) fn init_vars(
     Ok(varmap)
 }
 
+/// Token ids and token type ids of one input row.
+type IdsAndTypes = (Vec<u32>, Vec<u32>);
+
 /// Runs embeddings and the frozen lower layers once for every example.
 fn cache_features(
     model: &BertModel,
@@ -179,29 +190,45 @@ fn cache_features(
     first_layer: usize,
 ) -> anyhow::Result<HashMap<usize, Cached>> {
     let dev = model.device().clone();
-    let enc: Vec<(usize, Vec<u32>)> = indices
+    // Pairs as served (`[CLS] premise [SEP] hypothesis [SEP]`, type ids 0
+    // then 1); a premise too long for one window is trained on its first.
+    let enc: Vec<(usize, IdsAndTypes)> = indices
         .iter()
-        .map(|&i| Ok((i, tok.encode(&data.examples[i].text)?.ids)))
+        .map(|&i| {
+            let e = &data.examples[i];
+            let enc = match &e.second {
+                Some(second) => tok
+                    .encode_pair(&e.text, second)?
+                    .into_iter()
+                    .next()
+                    .context("pair encoded to no window")?,
+                None => tok.encode(&e.text)?,
+            };
+            Ok((i, (enc.ids, enc.type_ids)))
+        })
         .collect::<anyhow::Result<_>>()?;
     let mut order: Vec<usize> = (0..enc.len()).collect();
-    order.sort_by_key(|&j| enc[j].1.len());
+    order.sort_by_key(|&j| enc[j].1 .0.len());
     let mut out = HashMap::with_capacity(enc.len());
     let start = Instant::now();
     let mut done = 0usize;
     for chunk in order.chunks(64) {
-        let max_len = chunk.iter().map(|&j| enc[j].1.len()).max().unwrap_or(1);
+        let max_len = chunk.iter().map(|&j| enc[j].1 .0.len()).max().unwrap_or(1);
         let mut ids = Vec::with_capacity(chunk.len() * max_len);
+        let mut types = Vec::with_capacity(chunk.len() * max_len);
         let mut mask = Vec::with_capacity(chunk.len() * max_len);
         for &j in chunk {
-            let e = &enc[j].1;
+            let (e, t) = &enc[j].1;
             ids.extend_from_slice(e);
             ids.extend(std::iter::repeat_n(0u32, max_len - e.len()));
+            types.extend_from_slice(t);
+            types.extend(std::iter::repeat_n(0u32, max_len - t.len()));
             mask.extend(std::iter::repeat_n(1u32, e.len()));
             mask.extend(std::iter::repeat_n(0u32, max_len - e.len()));
         }
         let n = chunk.len();
         let ids = Tensor::from_vec(ids, (n, max_len), &dev)?;
-        let types = ids.zeros_like()?;
+        let types = Tensor::from_vec(types, (n, max_len), &dev)?;
         let mask = Tensor::from_vec(mask, (n, max_len), &dev)?;
         let bias = BertModel::mask_bias(&mask)?;
         let mut x = model.embed(&ids, &types, Mode::Inference)?;
@@ -209,7 +236,7 @@ fn cache_features(
             x = model.layer(l, &x, &bias, None, Mode::Inference)?;
         }
         for (row, &j) in chunk.iter().enumerate() {
-            let (i, e) = &enc[j];
+            let (i, (e, _)) = &enc[j];
             // An exact-size copy: `copy()`/`contiguous()` of a view would
             // keep (or clone) the whole padded chunk's storage.
             let (len, h) = (e.len(), x.dim(2)?);
@@ -371,12 +398,8 @@ pub fn train(
     let tok = Tokenization::load(&base_dir.join("tokenizer.json"), cfg.max_tokens)?;
 
     let used = super::data::subsample(data.validated, cfg.max_examples, cfg.seed);
-    let (mut train_idx, val_idx) = super::data::split(
-        &used,
-        |i| data.examples[i].label,
-        cfg.val_fraction,
-        cfg.seed,
-    );
+    let (mut train_idx, val_idx) =
+        super::data::split_examples(data, &used, cfg.val_fraction, cfg.seed);
     // Extra data is only trained on.
     let extra = data.examples.len() - data.validated;
     train_idx.extend(data.validated..data.examples.len());
