@@ -70,8 +70,12 @@ fn fail_open_degrades_then_recovers_and_honours_the_timeout() {
         Some("sidecar_timeout"),
         "took {took:?}: {r:?}"
     );
+    // Envoy arms its timers from the event loop's cached clock, so the
+    // 300 ms timeout can fire a few ms early by the client's clock (298 ms
+    // seen in CI); 90% is also where the filter counts a failure as the
+    // timeout.
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(2000),
+        took >= Duration::from_millis(270) && took < Duration::from_millis(2000),
         "took {took:?}"
     );
     let r = stack.ask(REFUND);
