@@ -1,4 +1,6 @@
-//! `vsr train` / `vsr eval` for token tasks (`pii`): BIO tags per token.
+//! `vsr train` / `vsr eval` for token tasks: `pii` (BIO tags per token) and
+//! the pair-token task `hallucination` (`supported` / `hallucinated` per
+//! answer token; data: [`super::hallucination_data`]).
 //!
 //! Training: character spans become BIO labels per token through the
 //! tokenizer's offsets ([`token_data::align`]); the frozen lower layers run
@@ -13,6 +15,15 @@
 //! entity spans per type (strict: same type and offsets; overlap: same type,
 //! overlapping), for the head alone and for the task as served (head ∪
 //! recognizers, [`crate::sidecar::tasks::pii`]).
+//!
+//! Pair-token tasks: each example is encoded as served
+//! (`Tokenization::encode_pair`: `[CLS] first [SEP] answer [SEP]`, real type
+//! ids, the first text in overlapping windows when long); every window is a
+//! training row and the loss covers the answer tokens only. Validation and
+//! evaluation average the per-token softmax over an example's windows, as
+//! `ClassifyTokens` does, and score tokens of the positive label
+//! (`hallucinated`): token-level P/R/F1 (the target metric) and spans of
+//! consecutive positive tokens (strict / overlap).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -25,13 +36,14 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use serde::Serialize;
 
+use super::hallucination_data;
 use super::token_data::{self, Aligned, Span, TokenDataset, IGNORE};
 use super::trainer::{self, TrainConfig};
 use super::Rng;
 use crate::sidecar::backend::candle::{CandleBackend, TaskBranch};
 use crate::sidecar::backend::{Backend, Batch, HeadOutput, TaskFiles, Wants};
 use crate::sidecar::model::bert::{BertModel, Mode};
-use crate::sidecar::tasks::decode::{self, Entity};
+use crate::sidecar::tasks::decode::{self, Entity, TokenLabel};
 use crate::sidecar::tasks::{self, pii, HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
 use crate::sidecar::tokenize::Tokenization;
 
@@ -174,6 +186,163 @@ fn gold_of<'a>(spans: impl Iterator<Item = &'a Span>) -> Vec<(usize, usize, &'a 
     spans.map(|s| (s.start, s.end, s.kind.as_str())).collect()
 }
 
+/// Token-level counts of the positive label (pair-token tasks).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TokenCounts {
+    /// Answer tokens scored.
+    pub tokens: usize,
+    /// Tokens inside a gold span.
+    pub gold: usize,
+    /// Tokens predicted positive.
+    pub predicted: usize,
+    /// Both.
+    pub hit: usize,
+}
+
+impl TokenCounts {
+    fn add(&mut self, gold: bool, predicted: bool) {
+        self.tokens += 1;
+        self.gold += usize::from(gold);
+        self.predicted += usize::from(predicted);
+        self.hit += usize::from(gold && predicted);
+    }
+
+    pub fn prf(&self) -> Prf {
+        prf(self.hit, self.predicted, self.gold)
+    }
+
+    /// Share of tokens labelled right (both labels).
+    pub fn accuracy(&self) -> f64 {
+        let right = self.tokens + 2 * self.hit - self.gold - self.predicted;
+        right as f64 / self.tokens.max(1) as f64
+    }
+}
+
+/// Scores of a pair-token task: per answer token (overall and per source)
+/// and per span of consecutive positive tokens.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PairTokenReport {
+    pub positive_label: String,
+    pub answers: usize,
+    pub tokens: TokenCounts,
+    pub per_source: BTreeMap<String, TokenCounts>,
+    pub spans: SpanReport,
+}
+
+impl PairTokenReport {
+    fn new(positive: &str) -> Self {
+        Self {
+            positive_label: positive.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// One answer: its tokens `(byte_start, byte_end, predicted positive)`
+    /// in order, and its gold spans. A token is gold-positive when it
+    /// overlaps a gold span; predicted spans are runs of consecutive
+    /// positive tokens.
+    pub fn add(&mut self, source: &str, tokens: &[(usize, usize, bool)], gold: &[Span]) {
+        self.answers += 1;
+        let per = self.per_source.entry(source.to_string()).or_default();
+        let mut predicted: Vec<(usize, usize)> = Vec::new();
+        let mut prev = false;
+        for &(s, e, p) in tokens {
+            let g = gold.iter().any(|sp| s < sp.end && e > sp.start);
+            self.tokens.add(g, p);
+            per.add(g, p);
+            if p {
+                match predicted.last_mut() {
+                    Some(last) if prev => last.1 = e,
+                    _ => predicted.push((s, e)),
+                }
+            }
+            prev = p;
+        }
+        let k = self.positive_label.as_str();
+        let pred: Vec<(usize, usize, &str)> = predicted.iter().map(|&(s, e)| (s, e, k)).collect();
+        let gold: Vec<(usize, usize, &str)> = gold.iter().map(|s| (s.start, s.end, k)).collect();
+        self.spans.add(&pred, &gold);
+    }
+
+    pub fn token_prf(&self) -> Prf {
+        self.tokens.prf()
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::new();
+        let t = self.tokens.prf();
+        let _ = writeln!(
+            s,
+            "answers: {}, answer tokens: {} ({} gold `{}`); token-level `{}`: P {:.3} R {:.3} F1 {:.3}; token accuracy {:.3}\n",
+            self.answers,
+            self.tokens.tokens,
+            self.tokens.gold,
+            self.positive_label,
+            self.positive_label,
+            t.precision,
+            t.recall,
+            t.f1,
+            self.tokens.accuracy()
+        );
+        let _ = writeln!(
+            s,
+            "| source | answers' tokens | gold {k} | predicted {k} | P | R | F1 | token accuracy |",
+            k = self.positive_label
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (src, c) in self
+            .per_source
+            .iter()
+            .chain([(&"all".to_string(), &self.tokens)])
+        {
+            let p = c.prf();
+            let _ = writeln!(
+                s,
+                "| {src} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                c.tokens,
+                c.gold,
+                c.predicted,
+                p.precision,
+                p.recall,
+                p.f1,
+                c.accuracy()
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nSpans (runs of consecutive `{}` tokens vs gold spans):\n",
+            self.positive_label
+        );
+        s.push_str(&self.spans.to_markdown());
+        s
+    }
+}
+
+/// Per-token probability rows of one example's windows (answer tokens only,
+/// the same in every window) → their mean, as `ClassifyTokens` averages.
+fn mean_rows(windows: &[Vec<Vec<f32>>]) -> Vec<Vec<f32>> {
+    let mut mean: Vec<Vec<f32>> = Vec::new();
+    for rows in windows {
+        if mean.is_empty() {
+            mean = vec![vec![0.0; rows.first().map_or(0, Vec::len)]; rows.len()];
+        }
+        for (m, p) in mean.iter_mut().zip(rows) {
+            m.iter_mut()
+                .zip(p)
+                .for_each(|(m, p)| *m += p / windows.len() as f32);
+        }
+    }
+    mean
+}
+
+/// Served token labels → `(byte_start, byte_end, is positive)`.
+fn positive_tokens(labels: &[TokenLabel], positive: &str) -> Vec<(usize, usize, bool)> {
+    labels
+        .iter()
+        .map(|l| (l.byte_start, l.byte_end, l.label == positive))
+        .collect()
+}
+
 // === training ===
 
 /// What a run produced.
@@ -184,17 +353,24 @@ pub struct TokenOutcome {
     pub epochs_run: usize,
     pub train_indices: Vec<usize>,
     pub val_indices: Vec<usize>,
-    /// (epoch, train loss, val strict micro-F1, val overlap micro-F1).
+    /// (epoch, train loss, val strict micro-F1, val overlap micro-F1); pair
+    /// tasks: (epoch, train loss, val token F1 of the positive label, val
+    /// span overlap F1).
     pub history: Vec<(usize, f64, f64, f64)>,
     pub cache_secs: f64,
     pub train_secs: f64,
 }
 
 /// The spec `vsr train` writes for a token task.
-pub fn token_spec(cfg: &TrainConfig, labels: &[String], metadata: serde_json::Value) -> TaskSpec {
+pub fn token_spec(
+    cfg: &TrainConfig,
+    labels: &[String],
+    kind: TaskKind,
+    metadata: serde_json::Value,
+) -> TaskSpec {
     TaskSpec {
         name: cfg.task.clone(),
-        kind: TaskKind::Token,
+        kind,
         labels: labels.to_vec(),
         pooling: Pooling::Mean,
         top_layers: cfg.top_layers,
@@ -233,17 +409,20 @@ fn cache_features(
             .max()
             .unwrap_or(1);
         let mut ids = Vec::with_capacity(chunk.len() * max_len);
+        let mut types = Vec::with_capacity(chunk.len() * max_len);
         let mut mask = Vec::with_capacity(chunk.len() * max_len);
         for i in chunk {
             let e = &aligned[i].ids;
             ids.extend_from_slice(e);
             ids.extend(std::iter::repeat_n(0u32, max_len - e.len()));
+            types.extend_from_slice(&aligned[i].type_ids);
+            types.extend(std::iter::repeat_n(0u32, max_len - e.len()));
             mask.extend(std::iter::repeat_n(1u32, e.len()));
             mask.extend(std::iter::repeat_n(0u32, max_len - e.len()));
         }
         let b = chunk.len();
         let ids = Tensor::from_vec(ids, (b, max_len), &dev)?;
-        let types = ids.zeros_like()?;
+        let types = Tensor::from_vec(types, (b, max_len), &dev)?;
         let mask = Tensor::from_vec(mask, (b, max_len), &dev)?;
         let bias = BertModel::mask_bias(&mask)?;
         let mut x = model.embed(&ids, &types, Mode::Inference)?;
@@ -337,21 +516,44 @@ fn branch_logits(
     branch.head.forward(&h)
 }
 
-/// Strict and overlap span scores of the current weights on cached features
-/// (decoded as the sidecar decodes).
+/// What validation measured.
+enum ValReport {
+    /// Entity spans (`pii`).
+    Spans(SpanReport),
+    /// Pair-token tasks.
+    Pair(PairTokenReport),
+}
+
+impl ValReport {
+    /// (early-stopping score, second score): strict and overlap micro-F1;
+    /// pair tasks: token F1 and span overlap F1 of the positive label.
+    fn scores(&self) -> (f64, f64) {
+        match self {
+            ValReport::Spans(r) => (r.micro_strict().f1, r.micro_overlap().f1),
+            ValReport::Pair(r) => (r.token_prf().f1, r.spans.micro_overlap().f1),
+        }
+    }
+}
+
+/// Scores the current weights on cached features (decoded as the sidecar
+/// decodes; pair tasks: softmax averaged over an example's windows).
 #[allow(clippy::too_many_arguments)]
 fn validate(
     model: &BertModel,
     branch: &TaskBranch,
     cache: &HashMap<usize, Cached>,
     aligned: &HashMap<usize, Aligned>,
+    row_example: &[usize],
     data: &TokenDataset,
     rows: &[usize],
     dev: &Device,
-) -> anyhow::Result<SpanReport> {
+) -> anyhow::Result<ValReport> {
+    let pair = is_pair(data);
     let mut sorted = rows.to_vec();
     sorted.sort_by_key(|i| aligned[i].ids.len());
     let mut report = SpanReport::default();
+    let mut windows: BTreeMap<usize, Vec<Vec<Vec<f32>>>> = BTreeMap::new();
+    let mut answer_offsets: HashMap<usize, Vec<Option<(usize, usize)>>> = HashMap::new();
     for chunk in sorted.chunks(64) {
         let (x, bias, _, _) = make_batch(cache, aligned, chunk, dev)?;
         let logits = branch_logits(model, branch, &x, &bias, Mode::Inference)?;
@@ -359,13 +561,64 @@ fn validate(
         let all = logits.flatten_all()?.to_vec1::<f32>()?;
         for (r, i) in chunk.iter().enumerate() {
             let a = &aligned[i];
-            let ex = &data.examples[*i];
+            let e = row_example[*i];
+            let ex = &data.examples[e];
             let row = &all[r * s * c..(r * s + a.ids.len()) * c];
-            let es = decode::token_entities(&data.labels, row, c, &a.offsets, &ex.text);
-            report.add(&spans_of(&es), &gold_of(ex.model_spans()));
+            if pair {
+                let probs: Vec<Vec<f32>> = row
+                    .chunks_exact(c)
+                    .zip(&a.offsets)
+                    .filter(|(_, o)| o.is_some())
+                    .map(|(l, _)| decode::softmax(l))
+                    .collect();
+                windows.entry(e).or_default().push(probs);
+                answer_offsets
+                    .entry(e)
+                    .or_insert_with(|| a.offsets.iter().filter(|o| o.is_some()).copied().collect());
+            } else {
+                let es = decode::token_entities(&data.labels, row, c, &a.offsets, &ex.text);
+                report.add(&spans_of(&es), &gold_of(ex.model_spans()));
+            }
         }
     }
-    Ok(report)
+    if !pair {
+        return Ok(ValReport::Spans(report));
+    }
+    let positive = hallucination_data::HALLUCINATED;
+    let mut pr = PairTokenReport::new(positive);
+    for (e, w) in windows {
+        let ex = &data.examples[e];
+        let labels =
+            decode::token_labels(&data.labels, &mean_rows(&w), &answer_offsets[&e], &ex.text);
+        pr.add(ex.source, &positive_tokens(&labels, positive), &ex.gold);
+    }
+    Ok(ValReport::Pair(pr))
+}
+
+/// Cross-entropy with a weight per label: `sum(w_y * nll) / sum(w_y)`.
+fn weighted_cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    weights: &[f32],
+) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, 1)?;
+    let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+    let w: Vec<f32> = labels
+        .to_vec1::<u32>()?
+        .iter()
+        .map(|&l| weights.get(l as usize).copied().unwrap_or(1.0))
+        .collect();
+    let total: f32 = w.iter().sum();
+    let w = Tensor::from_vec(w, nll.dims1()?, logits.device())?;
+    (nll * w)?.sum_all()? / f64::from(total.max(1e-6))
+}
+
+/// A token's byte range in the labelled text (`None`: not labelled).
+type ByteRange = Option<(usize, usize)>;
+
+/// Whether the dataset's examples are text pairs.
+fn is_pair(data: &TokenDataset) -> bool {
+    data.examples.iter().any(|e| e.first.is_some())
 }
 
 /// Trains a token task on `train`, early-stopping on strict micro-F1 over `val`.
@@ -383,16 +636,37 @@ pub fn train(
     if cfg.top_layers == 0 || cfg.top_layers > layers {
         bail!("--top-layers must be in 1..={layers}");
     }
-    let spec = token_spec(cfg, &data.labels, metadata);
+    let kind = if is_pair(data) {
+        TaskKind::PairToken
+    } else {
+        TaskKind::Token
+    };
+    let spec = token_spec(cfg, &data.labels, kind, metadata);
     spec.validate(layers).map_err(anyhow::Error::msg)?;
     let tok = Tokenization::load(&base_dir.join("tokenizer.json"), cfg.max_tokens)?;
     let t0 = Instant::now();
+    // Rows: one per example, or one per window of a pair example.
     let mut aligned = HashMap::new();
-    for &i in train_idx.iter().chain(&val_idx) {
-        aligned.insert(i, token_data::align(&tok, &data.examples[i], &data.labels)?);
+    let mut row_example: Vec<usize> = Vec::new();
+    let (mut train_rows, mut val_rows) = (Vec::new(), Vec::new());
+    for (val, &i) in train_idx
+        .iter()
+        .map(|i| (false, i))
+        .chain(val_idx.iter().map(|i| (true, i)))
+    {
+        for a in token_data::align_windows(&tok, &data.examples[i], &data.labels)? {
+            let r = row_example.len();
+            row_example.push(i);
+            aligned.insert(r, a);
+            if val {
+                val_rows.push(r);
+            } else {
+                train_rows.push(r);
+            }
+        }
     }
     let mut tag_counts = vec![0usize; data.labels.len()];
-    for i in &train_idx {
+    for i in &train_rows {
         for &l in &aligned[i].labels {
             if l != IGNORE {
                 tag_counts[l as usize] += 1;
@@ -400,9 +674,11 @@ pub fn train(
         }
     }
     eprintln!(
-        "{} train / {} validation texts; train tokens per tag: {}",
+        "{} train / {} validation texts ({} / {} rows); train tokens per tag: {}",
         train_idx.len(),
         val_idx.len(),
+        train_rows.len(),
+        val_rows.len(),
         data.labels
             .iter()
             .zip(&tag_counts)
@@ -410,6 +686,16 @@ pub fn train(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // Pair-token tasks: the positive label is rare (most answer tokens are
+    // supported); its tokens weigh sqrt(negative / positive) in the loss.
+    let class_weights: Option<Vec<f32>> = (kind == TaskKind::PairToken && tag_counts.len() == 2)
+        .then(|| {
+            let ratio = tag_counts[0] as f64 / tag_counts[1].max(1) as f64;
+            vec![1.0, ratio.sqrt().max(1.0) as f32]
+        });
+    if let Some(w) = &class_weights {
+        eprintln!("loss weights per label: {w:?}");
+    }
     let first_layer = layers - cfg.top_layers;
     eprintln!(
         "caching frozen layers 0..{first_layer} (max {} tokens)",
@@ -451,10 +737,10 @@ pub fn train(
     let mut best = (f64::NEG_INFINITY, 0usize, snapshot(&named)?);
     let mut history = Vec::new();
     let (mut step, mut stale, mut epochs_run) = (0usize, 0usize, 0usize);
-    let total_steps = train_idx.len().div_ceil(cfg.batch_size) * cfg.epochs;
+    let total_steps = train_rows.len().div_ceil(cfg.batch_size) * cfg.epochs;
     for epoch in 1..=cfg.epochs {
         epochs_run = epoch;
-        let mut order = train_idx.clone();
+        let mut order = train_rows.clone();
         rng.shuffle(&mut order);
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for window in order.chunks(cfg.batch_size * 16) {
@@ -471,7 +757,10 @@ pub fn train(
             let logits = branch_logits(&model, &branch, &x, &bias, Mode::Train)?;
             let (b, s, c) = logits.dims3()?;
             let flat = logits.reshape((b * s, c))?.index_select(&pos, 0)?;
-            let loss = candle_nn::loss::cross_entropy(&flat, &labels)?;
+            let loss = match &class_weights {
+                None => candle_nn::loss::cross_entropy(&flat, &labels)?,
+                Some(w) => weighted_cross_entropy(&flat, &labels, w)?,
+            };
             let grads = loss.backward()?;
             if step == 0 {
                 // LoRA B starts at zero, so A's gradient is zero at the first
@@ -501,11 +790,24 @@ pub fn train(
                 );
             }
         }
-        let r = validate(&model, &branch, &cache, &aligned, data, &val_idx, &dev)?;
-        let (f1, ov) = (r.micro_strict().f1, r.micro_overlap().f1);
+        let r = validate(
+            &model,
+            &branch,
+            &cache,
+            &aligned,
+            &row_example,
+            data,
+            &val_rows,
+            &dev,
+        )?;
+        let (f1, ov) = r.scores();
         let train_loss = loss_sum / loss_n.max(1) as f64;
+        let what = match &r {
+            ValReport::Spans(_) => "strict micro-F1",
+            ValReport::Pair(_) => "token F1 (positive label)",
+        };
         eprintln!(
-            "epoch {epoch}: train loss {train_loss:.4}, validation strict micro-F1 {f1:.4}, overlap {ov:.4} ({:.0} s)",
+            "epoch {epoch}: train loss {train_loss:.4}, validation {what} {f1:.4}, span overlap {ov:.4} ({:.0} s)",
             start.elapsed().as_secs_f64()
         );
         history.push((epoch, train_loss, f1, ov));
@@ -555,9 +857,9 @@ pub fn load_token_task(
     let spec: TaskSpec = serde_json::from_str(&text).with_context(|| file.display().to_string())?;
     spec.validate(model.num_layers())
         .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
-    if spec.kind != TaskKind::Token {
+    if !spec.kind.per_token() {
         bail!(
-            "task `{}` is of kind `{}`, not `token`",
+            "task `{}` is of kind `{}`, not `token` or `pair_token`",
             spec.name,
             spec.kind.as_str()
         );
@@ -576,6 +878,92 @@ pub fn load_token_task(
 }
 
 impl LoadedTokenTask {
+    /// Pair-token tasks, as `ClassifyTokens` serves them: per (first,
+    /// answer) pair, every window of `encode_pair` through the backend, the
+    /// per-token softmax averaged over the windows, then
+    /// `decode::token_labels` (labels of the answer's tokens).
+    pub fn pair_token_labels(
+        &self,
+        pairs: &[(&str, &str)],
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<Vec<TokenLabel>>> {
+        let mut rows = Vec::new();
+        for (p, (first, second)) in pairs.iter().enumerate() {
+            for enc in self.tokenizer.encode_pair(first, second)? {
+                rows.push((p, enc));
+            }
+        }
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&r| rows[r].1.ids.len());
+        let mut windows: Vec<Vec<Vec<Vec<f32>>>> = vec![Vec::new(); pairs.len()];
+        let mut offsets: Vec<Vec<Option<(usize, usize)>>> = vec![Vec::new(); pairs.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch = Batch::from_rows(chunk.iter().map(|&r| {
+                (
+                    &rows[r].1.ids[..],
+                    &rows[r].1.type_ids[..],
+                    Wants {
+                        embedding: false,
+                        tasks: vec![0],
+                    },
+                )
+            }));
+            for (&r, out) in chunk.iter().zip(self.backend.forward(&batch)?) {
+                let Some((_, HeadOutput::Tokens { logits, num_labels })) =
+                    out.heads.into_iter().next()
+                else {
+                    bail!("backend returned no token logits");
+                };
+                let (p, enc) = &rows[r];
+                let kept: Vec<(ByteRange, Vec<f32>)> = enc
+                    .offsets
+                    .iter()
+                    .zip(logits.chunks_exact(num_labels))
+                    .filter(|(o, _)| o.is_some())
+                    .map(|(o, l)| (*o, decode::softmax(l)))
+                    .collect();
+                if offsets[*p].is_empty() {
+                    offsets[*p] = kept.iter().map(|k| k.0).collect();
+                }
+                windows[*p].push(kept.into_iter().map(|k| k.1).collect());
+            }
+        }
+        let labels = &self.files.spec.labels;
+        Ok(pairs
+            .iter()
+            .enumerate()
+            .map(|(p, (_, second))| {
+                decode::token_labels(labels, &mean_rows(&windows[p]), &offsets[p], second)
+            })
+            .collect())
+    }
+
+    /// Pair-token scores of `indices` (see [`PairTokenReport`]), as served.
+    pub fn score_pairs(
+        &self,
+        data: &TokenDataset,
+        indices: &[usize],
+        batch_size: usize,
+    ) -> anyhow::Result<PairTokenReport> {
+        let pairs: Vec<(&str, &str)> = indices
+            .iter()
+            .map(|&i| {
+                let e = &data.examples[i];
+                (e.first.as_deref().unwrap_or_default(), e.text.as_str())
+            })
+            .collect();
+        let positive = hallucination_data::HALLUCINATED;
+        let mut report = PairTokenReport::new(positive);
+        for (&i, labels) in indices
+            .iter()
+            .zip(self.pair_token_labels(&pairs, batch_size)?)
+        {
+            let e = &data.examples[i];
+            report.add(e.source, &positive_tokens(&labels, positive), &e.gold);
+        }
+        Ok(report)
+    }
+
     /// Per text: the head's spans, and the task's spans as served (for
     /// `pii`: united with the recognizers).
     pub fn entities(
@@ -755,6 +1143,154 @@ pub fn render_card(c: &TokenCard) -> String {
     s
 }
 
+/// The card of a pair-token task (`hallucination`).
+pub struct PairTokenCard<'a> {
+    pub cfg: &'a TrainConfig,
+    pub outcome: &'a TokenOutcome,
+    pub data: &'a TokenDataset,
+    pub base_model: &'a str,
+    pub base_sha256: &'a str,
+    pub report: &'a PairTokenReport,
+    pub eval_max_tokens: usize,
+    pub wall_secs: f64,
+    pub command: &'a str,
+    /// The token F1 the task aims at.
+    pub target_f1: f64,
+}
+
+pub fn render_pair_card(c: &PairTokenCard) -> String {
+    let (cfg, o, r) = (c.cfg, c.outcome, c.report);
+    let positive = &r.positive_label;
+    let mut s = String::new();
+    let _ = writeln!(s, "# `{}` task head\n", cfg.task);
+    let _ = writeln!(
+        s,
+        "Pair-token classifier for the inference sidecar (docs/SIDECAR.md), trained by `vsr train`, \
+         served by `ClassifyTokens`: first text = context + question, second text = an answer; \
+         every answer token gets one of {} (plain labels, not BIO: `ClassifyTokens` returns a \
+         label and score per token, and a per-token `supported`/`hallucinated` decision is what a \
+         caller highlights or thresholds; runs of `{positive}` tokens are the spans).\n",
+        c.data
+            .labels
+            .iter()
+            .map(|l| format!("`{l}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let t = r.token_prf();
+    let met = t.f1 >= c.target_f1;
+    let _ = writeln!(
+        s,
+        "**Target** (token-level F1 of `{positive}` ≥ {:.2} on the validation split, as served): \
+         {} — F1 {:.3} (P {:.3}, R {:.3}).\n",
+        c.target_f1,
+        if met { "met" } else { "not met" },
+        t.f1,
+        t.precision,
+        t.recall
+    );
+    let _ = writeln!(s, "## Data\n");
+    for src in &c.data.sources {
+        let _ = writeln!(s, "* `{}`", src.display());
+    }
+    let _ = writeln!(
+        s,
+        "* labels (task.json order): {}",
+        c.data.labels.join(", ")
+    );
+    let _ = writeln!(s, "* derivation: {}", c.data.note);
+    let _ = writeln!(
+        s,
+        "* split: seeded by group (seed {}): every example derived from one HaluEval question \
+         (its knowledge, right and hallucinated answers, knowledge sentences) is in train or in \
+         validation, never both; {} train / {} validation examples ({:.0}% of the questions){}",
+        cfg.seed,
+        o.train_indices.len(),
+        o.val_indices.len(),
+        cfg.val_fraction * 100.0,
+        match cfg.max_examples {
+            Some(m) => format!(", from a seeded subset of {m} examples"),
+            None => String::new(),
+        }
+    );
+    let _ = writeln!(s, "\n## Model\n");
+    let _ = writeln!(
+        s,
+        "* base: `{}` (frozen), model.safetensors sha256 `{}`",
+        c.base_model, c.base_sha256
+    );
+    let _ = writeln!(
+        s,
+        "* input: `[CLS] context+question [SEP] answer [SEP]` with type ids 0/1 (`encode_pair`); a \
+         long first text is covered by windows overlapping by half (training: every window is a row; \
+         serving and the metrics below: per-token softmax averaged over the windows)"
+    );
+    let _ = writeln!(
+        s,
+        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), head {} over every token; \
+         loss: cross-entropy over the answer's tokens only (not [CLS]/[SEP], not the first text), \
+         the positive label's tokens weighted sqrt(#negative / #positive training tokens)",
+        cfg.lora_rank,
+        cfg.lora_alpha,
+        cfg.lora_targets.join(", "),
+        cfg.top_layers,
+        if cfg.head_hidden.is_empty() {
+            "linear".to_string()
+        } else {
+            format!("dense {:?} + tanh + linear", cfg.head_hidden)
+        }
+    );
+    let _ = writeln!(
+        s,
+        "* hyper-parameters: epochs ≤ {} (early stopping on validation token F1 of `{positive}`, \
+         patience {}; best epoch {} of {} run), AdamW lr {} (linear decay to 10%), weight decay {}, \
+         batch {}, pairs encoded with at most {} tokens for training",
+        cfg.epochs,
+        cfg.patience,
+        o.best_epoch,
+        o.epochs_run,
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.batch_size,
+        cfg.max_tokens
+    );
+    let _ = writeln!(
+        s,
+        "* training wall time: {:.0} s in all ({:.0} s caching the frozen layers, {:.0} s training, \
+         the rest the served evaluation), CPU (2 shared cores)",
+        c.wall_secs, o.cache_secs, o.train_secs
+    );
+    let _ = writeln!(
+        s,
+        "\nPer epoch (validation on training-length windows):\n\n\
+         | epoch | train loss | token F1 `{positive}` | span overlap F1 |\n|---:|---:|---:|---:|"
+    );
+    for (e, l, f, ov) in &o.history {
+        let _ = writeln!(s, "| {e} | {l:.4} | {f:.4} | {ov:.4} |");
+    }
+    let _ = writeln!(
+        s,
+        "\n## Validation metrics\n\nComputed after saving, by loading this directory through \
+         `CandleBackend` and encoding each pair as `ClassifyTokens` does (up to {} tokens, windows, \
+         softmax averaged over windows). A token is gold `{positive}` when it overlaps a gold span. \
+         The validation split also chose the epoch, so these numbers are slightly optimistic.\n",
+        c.eval_max_tokens
+    );
+    s.push_str(&r.to_markdown());
+    let _ = writeln!(
+        s,
+        "\n## Limits\n\n\
+         * HaluEval QA is labelled per answer: in a hallucinated answer every token counts as \
+           `{positive}`, also words that restate the question; token-precise labels come only \
+           from the synthetic substitutions in knowledge sentences (numbers and capitalised names).\n\
+         * The head judges an answer against the first text, not against world knowledge: a claim \
+           that is true but absent from the context tends to be flagged.\n\
+         * English Wikipedia-style (HotpotQA) contexts only; no long-form answers in training."
+    );
+    let _ = writeln!(s, "\n## Reproduce\n\n```sh\n{}\n```", c.command);
+    s
+}
+
 impl token_data::TokenExample {
     /// The part of a source path that identifies this example's file.
     fn source_path_hint(&self) -> &'static str {
@@ -809,6 +1345,34 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
 
     let eval_tokens = 512;
     let task = load_token_task(&base_dir, &args.out, eval_tokens)?;
+    if is_pair(&data) {
+        let report = task.score_pairs(&data, &outcome.val_indices, 32)?;
+        let wall_secs = wall.elapsed().as_secs_f64();
+        let md = render_pair_card(&PairTokenCard {
+            cfg: &cfg,
+            outcome: &outcome,
+            data: &data,
+            base_model: &base_id,
+            base_sha256: &base_sha,
+            report: &report,
+            eval_max_tokens: eval_tokens,
+            wall_secs,
+            command: &command,
+            target_f1: TARGET_TOKEN_F1,
+        });
+        std::fs::write(args.out.join("model-card.md"), md)?;
+        println!("{}", report.to_markdown());
+        println!("{}", serde_json::to_string(&report)?);
+        println!(
+            "wrote {} (best epoch {}, validation token F1 `{}` {:.4}, {:.0} s)",
+            args.out.display(),
+            outcome.best_epoch,
+            report.positive_label,
+            report.token_prf().f1,
+            wall_secs
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let (head, served) = task.score(&data, &outcome.val_indices, 32)?;
     let wall_secs = wall.elapsed().as_secs_f64();
     let md = render_card(&TokenCard {
@@ -840,6 +1404,9 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// Token F1 of the positive label a pair-token head should reach.
+pub const TARGET_TOKEN_F1: f64 = 0.6;
+
 /// The seeded subset and group split (the same for train and eval).
 pub fn split(
     data: &TokenDataset,
@@ -867,6 +1434,41 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
         task.files.spec.name,
         args.task
     );
+    let pair = task.files.spec.kind == TaskKind::PairToken;
+    if pair && !args.text.is_empty() {
+        // `--text "context and question<TAB>answer"`.
+        let pairs: Vec<(&str, &str)> = args
+            .text
+            .iter()
+            .map(|t| t.split_once('\t').unwrap_or(("", t.as_str())))
+            .collect();
+        let rows: Vec<serde_json::Value> = pairs
+            .iter()
+            .zip(task.pair_token_labels(&pairs, 32)?)
+            .map(|((first, answer), labels)| {
+                serde_json::json!({"first": first, "answer": answer, "tokens": labels.iter().map(|l| serde_json::json!({
+                    "text": &answer[l.byte_start..l.byte_end], "label": l.label, "score": l.score,
+                    "start": l.start, "end": l.end,
+                })).collect::<Vec<_>>()})
+            })
+            .collect();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            for r in rows {
+                println!("{}", r["answer"].as_str().unwrap_or_default());
+                for t in r["tokens"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    println!(
+                        "  {:?}\t{}\t{:.3}",
+                        t["text"].as_str().unwrap_or_default(),
+                        t["label"].as_str().unwrap_or_default(),
+                        t["score"].as_f64().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if !args.text.is_empty() {
         let texts: Vec<&str> = args.text.iter().map(String::as_str).collect();
         let rows: Vec<serde_json::Value> = texts
@@ -915,6 +1517,20 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
         let max = split_meta["max_examples"].as_u64().map(|m| m as usize);
         split(&data, max, frac, seed).1
     };
+    let which = if args.all || split_meta.is_null() {
+        "all examples"
+    } else {
+        "validation split"
+    };
+    if pair {
+        let report = task.score_pairs(&data, &indices, 32)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{} ({which}):\n\n{}", args.task, report.to_markdown());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (head, served) = task.score(&data, &indices, 32)?;
     if args.json {
         println!(

@@ -20,17 +20,25 @@ use super::Rng;
 use crate::sidecar::tokenize::Tokenization;
 
 /// Types the `pii` head learns (the recognizers cover the structured ones).
-pub const PII_MODEL_TYPES: [&str; 6] = [
+pub const PII_MODEL_TYPES: [&str; 9] = [
     "PERSON",
-    "LOCATION",
+    "GPE",
     "ORGANIZATION",
     "DATE_TIME",
     "STREET_ADDRESS",
     "NRP",
+    "AGE",
+    "ZIP_CODE",
+    "US_DRIVER_LICENSE",
 ];
 
-/// Token tasks `vsr train` / `vsr eval` know.
-pub const TOKEN_TASKS: [&str; 1] = ["pii"];
+/// Sentences generated per presidio template (`pii_synth`), and their seed.
+pub const PII_SYNTH_PER_TEMPLATE: usize = 15;
+pub const PII_SYNTH_SEED: u64 = 42;
+
+/// Token tasks `vsr train` / `vsr eval` know (`hallucination` is a
+/// pair-token task: its data is in [`super::hallucination_data`]).
+pub const TOKEN_TASKS: [&str; 2] = ["pii", "hallucination"];
 
 pub fn is_token_task(task: &str) -> bool {
     TOKEN_TASKS.contains(&task)
@@ -46,6 +54,9 @@ pub struct Span {
 
 #[derive(Debug, Clone)]
 pub struct TokenExample {
+    /// Pair tasks: the first text (context + question); the labelled text is
+    /// [`TokenExample::text`] (the answer). `None` for single-text tasks.
+    pub first: Option<String>,
     pub text: String,
     /// Every gold span under the served type names (model types and
     /// recognizer types), without overlaps.
@@ -58,10 +69,12 @@ pub struct TokenExample {
 
 impl TokenExample {
     /// The gold spans the model learns.
+    /// (Pair tasks learn every gold span.)
     pub fn model_spans(&self) -> impl Iterator<Item = &Span> {
+        let pair = self.first.is_some();
         self.gold
             .iter()
-            .filter(|s| PII_MODEL_TYPES.contains(&s.kind.as_str()))
+            .filter(move |s| pair || PII_MODEL_TYPES.contains(&s.kind.as_str()))
     }
 }
 
@@ -90,7 +103,7 @@ pub fn bio_labels(types: &[&str]) -> Vec<String> {
 pub fn presidio_type(t: &str) -> Option<&'static str> {
     Some(match t {
         "PERSON" => "PERSON",
-        "GPE" | "LOCATION" => "LOCATION",
+        "GPE" | "LOCATION" => "GPE",
         "ORGANIZATION" => "ORGANIZATION",
         "DATE_TIME" => "DATE_TIME",
         "STREET_ADDRESS" | "ADDRESS" => "STREET_ADDRESS",
@@ -103,7 +116,10 @@ pub fn presidio_type(t: &str) -> Option<&'static str> {
         "IP_ADDRESS" => "IP_ADDRESS",
         "DOMAIN_NAME" => "DOMAIN_NAME",
         "URL" => "URL",
-        _ => return None, // TITLE, AGE, ZIP_CODE, PREFIX, US_DRIVER_LICENSE
+        "AGE" => "AGE",
+        "ZIP_CODE" => "ZIP_CODE",
+        "US_DRIVER_LICENSE" => "US_DRIVER_LICENSE",
+        _ => return None, // TITLE, PREFIX
     })
 }
 
@@ -112,7 +128,7 @@ pub fn presidio_type(t: &str) -> Option<&'static str> {
 pub fn conll_type(t: &str) -> Option<&'static str> {
     Some(match t {
         "PER" | "person" => "PERSON",
-        "LOC" | "location" => "LOCATION",
+        "LOC" | "location" => "GPE",
         "ORG" | "corporation" | "group" => "ORGANIZATION",
         _ => return None, // MISC, product, creative-work
     })
@@ -146,10 +162,10 @@ fn drop_overlaps(mut spans: Vec<Span>) -> Vec<Span> {
 /// One address convention: presidio's `generated_large` marks the parts of
 /// an address separately (number, street, city as LOCATION, country,
 /// postcode), `synth_dataset_v2` the whole address. Runs of STREET_ADDRESS /
-/// LOCATION spans separated only by whitespace or commas that contain a
+/// GPE / ZIP_CODE spans separated only by whitespace or commas that contain a
 /// STREET_ADDRESS become one STREET_ADDRESS span.
 fn merge_address_parts(text: &str, spans: Vec<Span>) -> Vec<Span> {
-    let part = |s: &Span| s.kind == "STREET_ADDRESS" || s.kind == "LOCATION";
+    let part = |s: &Span| matches!(s.kind.as_str(), "STREET_ADDRESS" | "GPE" | "ZIP_CODE");
     let mut out: Vec<Span> = Vec::with_capacity(spans.len());
     let mut run: Vec<Span> = Vec::new();
     let flush = |run: &mut Vec<Span>, out: &mut Vec<Span>| {
@@ -186,7 +202,7 @@ fn merge_address_parts(text: &str, spans: Vec<Span>) -> Vec<Span> {
 
 /// Trims whitespace off both ends of a span (presidio addresses end in
 /// newlines sometimes; token offsets never cover whitespace).
-fn trim(text: &str, mut s: Span) -> Option<Span> {
+pub fn trim(text: &str, mut s: Span) -> Option<Span> {
     let piece = text.get(s.start..s.end)?;
     let lead = piece.len() - piece.trim_start().len();
     let tail = piece.len() - piece.trim_end().len();
@@ -237,6 +253,7 @@ fn load_presidio(path: &Path, short: &'static str) -> anyhow::Result<Vec<TokenEx
             .as_u64()
             .map_or_else(|| format!("row{n}"), |t| t.to_string());
         out.push(TokenExample {
+            first: None,
             text: full.to_string(),
             gold: spans,
             group: format!("{short}:{template}"),
@@ -303,6 +320,7 @@ fn load_conll(path: &Path, short: &'static str, iob1: bool) -> anyhow::Result<Ve
         if !sentence.starts_with("-DOCSTART-") {
             let n = out.len();
             out.push(TokenExample {
+                first: None,
                 text: sentence,
                 gold: spans,
                 group: format!("{short}:{n}"),
@@ -360,8 +378,11 @@ fn pii_files(data: &Path) -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
 
 /// Loads the `pii` data.
 pub fn load(task: &str, data: &Path) -> anyhow::Result<TokenDataset> {
+    if task == super::hallucination_data::TASK {
+        return super::hallucination_data::load(data);
+    }
     if task != "pii" {
-        bail!("no token data loader for task `{task}` (supported: pii)");
+        bail!("no token data loader for task `{task}` (supported: pii, hallucination)");
     }
     let mut examples = Vec::new();
     let mut sources = Vec::new();
@@ -375,17 +396,35 @@ pub fn load(task: &str, data: &Path) -> anyhow::Result<TokenDataset> {
         examples.extend(ex);
         sources.push(path);
     }
+    let root = if data.join("pii").is_dir() {
+        data.join("pii")
+    } else {
+        data.to_path_buf()
+    };
+    let mut generated = 0;
+    if let Some((ex, dir)) = super::pii_synth::load(&root, PII_SYNTH_PER_TEMPLATE, PII_SYNTH_SEED)?
+    {
+        eprintln!("{}: {} generated sentences", dir.display(), ex.len());
+        generated = ex.len();
+        examples.extend(ex);
+        sources.push(dir);
+    }
     Ok(TokenDataset {
         labels: bio_labels(&PII_MODEL_TYPES),
         examples,
         sources,
-        note: "presidio types GPE→LOCATION, ADDRESS→STREET_ADDRESS; TITLE, AGE, ZIP_CODE, \
-               PREFIX, US_DRIVER_LICENSE dropped; e-mail, phone, card, IBAN, SSN, IP, domain, \
-               URL are left to the recognizers (O for the model, gold for the served \
-               evaluation); CoNLL PER/person→PERSON, LOC/location→LOCATION, \
-               ORG/corporation/group→ORGANIZATION, MISC/product/creative-work dropped; \
-               overlapping gold spans: the longest kept"
-            .into(),
+        note: format!(
+            "presidio types GPE/LOCATION→GPE, ADDRESS→STREET_ADDRESS; TITLE, PREFIX dropped; \
+             e-mail, phone, card, IBAN, SSN, IP, domain, URL are left to the recognizers (O \
+             for the model, gold for the served evaluation); CoNLL PER/person→PERSON, \
+             LOC/location→GPE, ORG/corporation/group→ORGANIZATION, MISC/product/creative-work \
+             dropped; overlapping gold spans: the longest kept; {generated} sentences \
+             generated from presidio's templates ({PII_SYNTH_PER_TEMPLATE} per template, seed \
+             {PII_SYNTH_SEED}; `training/pii_synth.rs`): placeholders filled from its fake \
+             identities, organisations, nationalities and licences, and with Luhn-valid cards, \
+             mod-97 IBANs and SSNs in the issued ranges; the sentences of one template share a \
+             split group"
+        ),
     })
 }
 
@@ -424,6 +463,7 @@ pub const IGNORE: u32 = u32::MAX;
 #[derive(Debug, Clone)]
 pub struct Aligned {
     pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
     pub labels: Vec<u32>,
     pub offsets: Vec<Option<(usize, usize)>>,
 }
@@ -432,7 +472,37 @@ pub struct Aligned {
 /// overlapping a span of type X, `I-X` for the following ones, `O` outside.
 /// Spans cut off by truncation are lost with their tokens.
 pub fn align(tok: &Tokenization, ex: &TokenExample, labels: &[String]) -> anyhow::Result<Aligned> {
-    let enc = tok.encode(&ex.text)?;
+    label_encoded(tok.encode(&ex.text)?, ex, labels)
+}
+
+/// Pair examples: every window of `[CLS] first [SEP] text [SEP]`
+/// ([`Tokenization::encode_pair`], as served), each labelled like
+/// [`align`]; the first text's tokens carry [`IGNORE`] (no offsets). A
+/// single-text example gives its one row.
+pub fn align_windows(
+    tok: &Tokenization,
+    ex: &TokenExample,
+    labels: &[String],
+) -> anyhow::Result<Vec<Aligned>> {
+    match &ex.first {
+        None => Ok(vec![align(tok, ex, labels)?]),
+        Some(first) => tok
+            .encode_pair(first, &ex.text)?
+            .into_iter()
+            .map(|enc| label_encoded(enc, ex, labels))
+            .collect(),
+    }
+}
+
+/// Labels the tokens of one encoded row (BIO, or plain labels when the
+/// label set has no `O`: the first label outside spans, the span's type
+/// inside).
+fn label_encoded(
+    enc: crate::sidecar::tokenize::Encoded,
+    ex: &TokenExample,
+    labels: &[String],
+) -> anyhow::Result<Aligned> {
+    let bio = labels.first().is_some_and(|l| l == "O");
     let index = |l: &str| labels.iter().position(|x| x == l).map(|i| i as u32);
     let spans: Vec<&Span> = ex.model_spans().collect();
     let mut out = Vec::with_capacity(enc.ids.len());
@@ -445,7 +515,11 @@ pub fn align(tok: &Tokenization, ex: &TokenExample, labels: &[String]) -> anyhow
         match spans.iter().position(|sp| s < sp.end && e > sp.start) {
             Some(j) => {
                 let prefix = if last_span == Some(j) { "I" } else { "B" };
-                let name = format!("{prefix}-{}", spans[j].kind);
+                let name = if bio {
+                    format!("{prefix}-{}", spans[j].kind)
+                } else {
+                    spans[j].kind.clone()
+                };
                 out.push(index(&name).with_context(|| format!("label {name} missing"))?);
                 last_span = Some(j);
             }
@@ -457,6 +531,7 @@ pub fn align(tok: &Tokenization, ex: &TokenExample, labels: &[String]) -> anyhow
     }
     Ok(Aligned {
         ids: enc.ids,
+        type_ids: enc.type_ids,
         labels: out,
         offsets: enc.offsets,
     })
@@ -490,7 +565,7 @@ mod tests {
             .iter()
             .map(|s| (s.kind.as_str(), &t[s.start..s.end]))
             .collect();
-        assert_eq!(got, [("PERSON", "Jürgen Müller"), ("LOCATION", "Zürich")]);
+        assert_eq!(got, [("PERSON", "Jürgen Müller"), ("GPE", "Zürich")]);
         assert_eq!(ex[0].group, "p:3");
     }
 
@@ -509,11 +584,11 @@ mod tests {
             at("78", "STREET_ADDRESS"),
             at("Rua das Pedras 930", "STREET_ADDRESS"),
             at("Apt. 363", "STREET_ADDRESS"),
-            at("São Paulo", "LOCATION"),
-            at("Kenya", "LOCATION"),
+            at("São Paulo", "GPE"),
+            at("Kenya", "GPE"),
             at("92342", "STREET_ADDRESS"),
             at("Tom", "PERSON"),
-            at("Lima", "LOCATION"),
+            at("Lima", "GPE"),
         ];
         let merged = merge_address_parts(text, spans);
         let got: Vec<(&str, &str)> = merged
@@ -529,7 +604,7 @@ mod tests {
                     "A"
                 ),
                 ("Tom", "PERSON"),
-                ("Lima", "LOCATION")
+                ("Lima", "GPE")
             ]
         );
     }
@@ -570,13 +645,14 @@ mod tests {
             "I\tO\nlove\tO\nNew\tB-location\nYork\tI-location\nand\tO\niPhones\tB-product\n",
         );
         let ex = load_conll(&p, "n", false).unwrap();
-        assert_eq!(spans(&ex[0]), [("LOCATION".into(), "New York".into())]);
+        assert_eq!(spans(&ex[0]), [("GPE".into(), "New York".into())]);
     }
 
     #[test]
     fn group_split_keeps_groups_together() {
         let ex: Vec<TokenExample> = (0..200)
             .map(|i| TokenExample {
+                first: None,
                 text: "x".into(),
                 gold: vec![],
                 group: format!("g{}", i % 20),
