@@ -776,6 +776,64 @@ mod tests {
             .all(|e| e.group == "halueval_qa:0" || e.group == "halueval_qa:1"));
     }
 
+    /// Pair alignment with the real tokenizer: the first text's tokens are
+    /// ignored by the loss and have type id 0, the answer's have type id 1,
+    /// and only the tokens of the substituted words are `hallucinated`.
+    #[test]
+    fn pair_alignment_labels_answer_tokens_only() {
+        use super::super::token_data::{align_windows, IGNORE};
+        use crate::sidecar::tokenize::Tokenization;
+        let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../models/base/all-MiniLM-L6-v2/tokenizer.json");
+        let tok = Tokenization::load(&tok, 64).unwrap();
+        let answer = "It was completed in 1920 by Napoleon.";
+        let at = answer.find("1920").unwrap();
+        let ex = TokenExample {
+            first: Some(
+                "The Eiffel Tower is in Paris, completed in 1889. When was it completed?".into(),
+            ),
+            text: answer.into(),
+            gold: vec![
+                Span {
+                    start: at,
+                    end: at + 4,
+                    kind: HALLUCINATED.into(),
+                },
+                Span {
+                    start: answer.find("Napoleon").unwrap(),
+                    end: answer.len() - 1,
+                    kind: HALLUCINATED.into(),
+                },
+            ],
+            group: "g".into(),
+            source: "t",
+        };
+        let labels: Vec<String> = LABELS.iter().map(|s| s.to_string()).collect();
+        let rows = align_windows(&tok, &ex, &labels).unwrap();
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        let first_sep = r
+            .ids
+            .iter()
+            .position(|&i| i == r.ids[r.ids.len() - 1])
+            .unwrap();
+        assert!(r.labels[..=first_sep].iter().all(|&l| l == IGNORE));
+        assert!(r.type_ids[..=first_sep].iter().all(|&t| t == 0));
+        assert!(r.type_ids[first_sep + 1..].iter().all(|&t| t == 1));
+        assert_eq!(*r.labels.last().unwrap(), IGNORE);
+        let words: Vec<(&str, u32)> = r
+            .offsets
+            .iter()
+            .zip(&r.labels)
+            .filter_map(|(o, &l)| o.map(|(s, e)| (&answer[s..e], l)))
+            .collect();
+        let hallucinated: Vec<&str> = words.iter().filter(|w| w.1 == 1).map(|w| w.0).collect();
+        // "napoleon" may be split into word pieces; all of them are marked.
+        assert_eq!(hallucinated.concat().to_lowercase(), "1920napoleon");
+        assert!(words.iter().all(|w| w.1 <= 1));
+        assert_eq!(words.first().unwrap(), &("It", 0));
+    }
+
     #[test]
     fn qa_files_merge_by_question() {
         let dir = tempfile::tempdir().unwrap();
