@@ -63,15 +63,18 @@ fn read(dir: &Path, file: &str) -> anyhow::Result<String> {
     Ok(text.trim_start_matches('\u{feff}').to_string())
 }
 
-fn column(rows: &[HashMap<String, String>], name: &str, file: &str) -> anyhow::Result<Vec<String>> {
-    rows.iter()
-        .map(|r| {
-            r.get(name)
-                .map(|v| v.trim().to_string())
-                .with_context(|| format!("{file}: no column `{name}`"))
-        })
-        .filter(|v| v.as_ref().map_or(true, |v| !v.is_empty()))
-        .collect()
+/// A one-column file: the lines after its `header`, quotes removed (some
+/// organisation names hold unquoted commas, so it is not read as CSV).
+fn lines(dir: &Path, file: &str, header: &str) -> anyhow::Result<Vec<String>> {
+    let text = read(dir, file)?;
+    let mut it = text.lines();
+    if it.next().map(str::trim) != Some(header) {
+        bail!("{file}: the first line is not `{header}`");
+    }
+    Ok(it
+        .map(|l| l.trim().trim_matches('"').trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 impl Material {
@@ -116,9 +119,7 @@ impl Material {
                 people.push(p);
             }
         }
-        let orgs =
-            super::csv::parse_with_header(&read(dir, "companies_and_organizations.csv")?, ',')?;
-        let organizations = column(&orgs, "organization", "companies_and_organizations.csv")?;
+        let organizations = lines(dir, "companies_and_organizations.csv", "organization")?;
         let nat = super::csv::parse_with_header(&read(dir, "nationalities.csv")?, ',')?;
         let cap = |s: &str| {
             let mut c = s.chars();
@@ -134,8 +135,7 @@ impl Material {
             })
             .filter(|(a, _, _)| !a.is_empty())
             .collect::<Vec<_>>();
-        let lic = super::csv::parse_with_header(&read(dir, "us_driver_licenses.csv")?, ',')?;
-        let licenses = column(&lic, "us_driver_license", "us_driver_licenses.csv")?;
+        let licenses = lines(dir, "us_driver_licenses.csv", "us_driver_license")?;
         if templates.is_empty()
             || people.is_empty()
             || organizations.is_empty()
