@@ -8,8 +8,12 @@
 //!   questions, knowledge and right answers, with one hallucinated answer
 //!   each (two per question when they differ). The items are labelled per
 //!   answer, not per token: the right answer → every token `supported`,
-//!   a hallucinated answer → every token `hallucinated`
-//!   ([`Source::QaRight`], [`Source::QaHallucinated`]);
+//!   a hallucinated answer → `hallucinated`, except its words that also
+//!   occur in the knowledge or question and function words, which get no
+//!   label ([`unlabelled_pieces`]: whole-answer labels say nothing about
+//!   them, and labelling "It was … in" `hallucinated` taught the head that
+//!   any restating sentence is) ([`Source::QaRight`],
+//!   [`Source::QaHallucinated`]);
 //! * the right answer inside a short carrier sentence ("It was X.", …),
 //!   every token `supported` ([`Source::QaRightSentence`]): the right
 //!   answers are 1–3 words and the hallucinated ones sentences, which would
@@ -34,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
-use super::token_data::{trim, Span, TokenDataset, TokenExample};
+use super::token_data::{trim, Span, TokenDataset, TokenExample, IGNORED_KIND};
 use super::Rng;
 
 pub const TASK: &str = "hallucination";
@@ -83,9 +87,10 @@ impl Source {
             }
             Source::QaHallucinated => {
                 "HaluEval QA `hallucinated_answer` (one-turn and multi-turn files; identical ones \
-                 once) → every token `hallucinated` (the items are labelled per answer, so words \
-                 of a hallucinated answer that are true, e.g. the restated subject, are \
-                 `hallucinated` too)"
+                 once) → `hallucinated`, except words (alphanumeric runs, case-insensitive) and \
+                 punctuation that also occur in the knowledge or question, and function words \
+                 (a, an, the, it, is, was, …): those tokens get no label (not in the loss, not \
+                 scored), since the items are labelled per answer and say nothing about them"
             }
             Source::KnowledgeCopy => {
                 "a sentence of the item's `knowledge` (≥ 5 words, with a number or a non-initial \
@@ -332,6 +337,59 @@ const CARRIERS: [&str; 5] = [
     "I think it is {}.",
 ];
 
+/// Function words left unlabelled in whole-answer-hallucinated answers
+/// (negations are not among them: they are often the hallucination).
+const FUNCTION_WORDS: [&str; 34] = [
+    "a", "an", "the", "it", "its", "is", "was", "were", "are", "be", "been", "in", "on", "of",
+    "at", "to", "for", "by", "and", "or", "with", "as", "that", "this", "he", "she", "they", "his",
+    "her", "their", "from", "which", "who", "s",
+];
+
+/// Pieces of `text`: runs of alphanumeric chars, and single other non-space
+/// chars; byte ranges.
+fn pieces(text: &str) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut run: Option<usize> = None;
+    for (b, c) in text.char_indices() {
+        if c.is_alphanumeric() {
+            run.get_or_insert(b);
+            continue;
+        }
+        if let Some(s) = run.take() {
+            out.push((s, b));
+        }
+        if !c.is_whitespace() {
+            out.push((b, b + c.len_utf8()));
+        }
+    }
+    if let Some(s) = run {
+        out.push((s, text.len()));
+    }
+    out
+}
+
+/// The pieces of a whole-answer-hallucinated `answer` that get no label:
+/// those occurring (case-insensitively) among the pieces of `first`, and
+/// function words. Spans of kind [`IGNORED_KIND`].
+pub fn unlabelled_pieces(first: &str, answer: &str) -> Vec<Span> {
+    let known: HashSet<String> = pieces(first)
+        .into_iter()
+        .map(|(s, e)| first[s..e].to_lowercase())
+        .collect();
+    pieces(answer)
+        .into_iter()
+        .filter(|&(s, e)| {
+            let p = answer[s..e].to_lowercase();
+            known.contains(&p) || FUNCTION_WORDS.contains(&p.as_str())
+        })
+        .map(|(start, end)| Span {
+            start,
+            end,
+            kind: IGNORED_KIND.into(),
+        })
+        .collect()
+}
+
 fn whole(text: &str) -> Vec<Span> {
     trim(
         text,
@@ -385,7 +443,9 @@ pub fn derive(items: &[QaItem]) -> Vec<TokenExample> {
             Source::QaRightSentence,
         );
         for h in &it.hallucinated {
-            push(h.clone(), whole(h), Source::QaHallucinated);
+            let mut gold = whole(h);
+            gold.extend(unlabelled_pieces(&first, h));
+            push(h.clone(), gold, Source::QaHallucinated);
         }
         let mut sents: Vec<&str> = sentences(&it.knowledge)
             .into_iter()
@@ -606,12 +666,16 @@ pub fn load(data: &Path) -> anyhow::Result<TokenDataset> {
         note.push_str(&format!(
             ". Not trained on: `{}` ({} answers with spans, {} spans, {} located in the answer \
              text): no knowledge context, so the labels judge world knowledge the encoder \
-             cannot check against the first text (the query); general_data's spans are also \
-             coarse (median 43% of the response, a third nearly all of it)",
+             cannot check against the first text (the query){}",
             u.path.display(),
             u.answers_with_spans,
             u.spans,
-            u.located
+            u.located,
+            if u.path.ends_with("general_data.json") {
+                "; the spans are also coarse (median 43% of the response, a third nearly all of it)"
+            } else {
+                "; long-form (ELI5) answers far from HaluEval's short QA answers"
+            }
         ));
     }
     let distinct: HashSet<&str> = examples.iter().map(|e| e.group.as_str()).collect();
@@ -751,7 +815,10 @@ mod tests {
                 "halueval_qa_right" | "halueval_qa_right_sentence" | "knowledge_copy" => {
                     assert!(gold.is_empty(), "{e:?}")
                 }
-                "halueval_qa_hallucinated" => assert_eq!(gold, [e.text.as_str()]),
+                "halueval_qa_hallucinated" => {
+                    assert_eq!(gold[0], e.text.as_str());
+                    assert!(e.gold[1..].iter().all(|s| s.kind == IGNORED_KIND));
+                }
                 "knowledge_substituted" => {
                     assert_eq!(gold.len(), 1);
                     assert!(
@@ -832,6 +899,17 @@ mod tests {
         assert_eq!(hallucinated.concat().to_lowercase(), "1920napoleon");
         assert!(words.iter().all(|w| w.1 <= 1));
         assert_eq!(words.first().unwrap(), &("It", 0));
+    }
+
+    #[test]
+    fn restated_and_function_words_of_hallucinated_answers_are_unlabelled() {
+        let first = "The Eiffel Tower is in Paris, completed in 1889. When was it completed?";
+        let answer = "It was completed in 1920 by Napoleon's army.";
+        let got: Vec<&str> = unlabelled_pieces(first, answer)
+            .iter()
+            .map(|s| &answer[s.start..s.end])
+            .collect();
+        assert_eq!(got, ["It", "was", "completed", "in", "by", "s", "."]);
     }
 
     #[test]

@@ -241,12 +241,25 @@ impl PairTokenReport {
     /// in order, and its gold spans. A token is gold-positive when it
     /// overlaps a gold span; predicted spans are runs of consecutive
     /// positive tokens.
+    /// Tokens overlapping an [`token_data::IGNORED_KIND`] span are not scored.
     pub fn add(&mut self, source: &str, tokens: &[(usize, usize, bool)], gold: &[Span]) {
+        let ignored: Vec<&Span> = gold
+            .iter()
+            .filter(|s| s.kind == token_data::IGNORED_KIND)
+            .collect();
+        let gold: Vec<Span> = gold
+            .iter()
+            .filter(|s| s.kind != token_data::IGNORED_KIND)
+            .cloned()
+            .collect();
         self.answers += 1;
         let per = self.per_source.entry(source.to_string()).or_default();
         let mut predicted: Vec<(usize, usize)> = Vec::new();
         let mut prev = false;
         for &(s, e, p) in tokens {
+            if ignored.iter().any(|sp| s < sp.end && e > sp.start) {
+                continue;
+            }
             let g = gold.iter().any(|sp| s < sp.end && e > sp.start);
             self.tokens.add(g, p);
             per.add(g, p);
@@ -1272,7 +1285,8 @@ pub fn render_pair_card(c: &PairTokenCard) -> String {
         s,
         "\n## Validation metrics\n\nComputed after saving, by loading this directory through \
          `CandleBackend` and encoding each pair as `ClassifyTokens` does (up to {} tokens, windows, \
-         softmax averaged over windows). A token is gold `{positive}` when it overlaps a gold span. \
+         softmax averaged over windows). A token is gold `{positive}` when it overlaps a gold span; tokens without a label \
+         (see the derivation) are not scored. \
          The validation split also chose the epoch, so these numbers are slightly optimistic.\n",
         c.eval_max_tokens
     );
@@ -1280,9 +1294,10 @@ pub fn render_pair_card(c: &PairTokenCard) -> String {
     let _ = writeln!(
         s,
         "\n## Limits\n\n\
-         * HaluEval QA is labelled per answer: in a hallucinated answer every token counts as \
-           `{positive}`, also words that restate the question; token-precise labels come only \
-           from the synthetic substitutions in knowledge sentences (numbers and capitalised names).\n\
+         * HaluEval QA is labelled per answer: in a hallucinated answer every new word counts as \
+           `{positive}` (words restating the context or question and function words are left \
+           unlabelled); token-precise labels come only from the synthetic substitutions in \
+           knowledge sentences (numbers and capitalised names).\n\
          * The head judges an answer against the first text, not against world knowledge: a claim \
            that is true but absent from the context tends to be flagged.\n\
          * English Wikipedia-style (HotpotQA) contexts only; no long-form answers in training."

@@ -44,6 +44,11 @@ pub fn is_token_task(task: &str) -> bool {
     TOKEN_TASKS.contains(&task)
 }
 
+/// [`Span::kind`] of a range whose tokens have no label: the loss and the
+/// token metrics skip them (pair tasks' whole-answer labels, see
+/// [`super::hallucination_data`]).
+pub const IGNORED_KIND: &str = "ignored";
+
 /// A span in a text: byte offsets, end exclusive, and its (mapped) type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Span {
@@ -72,9 +77,13 @@ impl TokenExample {
     /// (Pair tasks learn every gold span.)
     pub fn model_spans(&self) -> impl Iterator<Item = &Span> {
         let pair = self.first.is_some();
-        self.gold
-            .iter()
-            .filter(move |s| pair || PII_MODEL_TYPES.contains(&s.kind.as_str()))
+        self.gold.iter().filter(move |s| {
+            if pair {
+                s.kind != IGNORED_KIND
+            } else {
+                PII_MODEL_TYPES.contains(&s.kind.as_str())
+            }
+        })
     }
 }
 
@@ -512,6 +521,15 @@ fn label_encoded(
             out.push(IGNORE);
             continue;
         };
+        if ex
+            .gold
+            .iter()
+            .any(|sp| sp.kind == IGNORED_KIND && s < sp.end && e > sp.start)
+        {
+            out.push(IGNORE);
+            last_span = None;
+            continue;
+        }
         match spans.iter().position(|sp| s < sp.end && e > sp.start) {
             Some(j) => {
                 let prefix = if last_span == Some(j) { "I" } else { "B" };
