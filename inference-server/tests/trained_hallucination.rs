@@ -1,7 +1,7 @@
 //! The shipped `hallucination` head under `models/hallucination`, served by
 //! the real sidecar (task discovery of `models/`, the real base model, gRPC
-//! `ClassifyTokens` with the default task): in "It was completed in 1889."
-//! the year the context states is `supported`; in "It was completed in 1920
+//! `ClassifyTokens` with the default task): "It was completed in 1889." is
+//! mostly `supported`, the year the context states included; in "It was completed in 1920
 //! by Napoleon." the changed year and the invented name are `hallucinated`;
 //! every label is one its task.json and model card declare. A missing head
 //! fails the test.
@@ -94,6 +94,20 @@ async fn shipped_hallucination_head_flags_the_fabricated_answer() {
         assert!(LABELS.contains(&l.as_str()), "{t:?}: label {l:?}");
     }
 
+    let supported = good.iter().filter(|t| t.1 == "supported").count();
+    assert!(
+        supported * 2 > good.len(),
+        "the supported answer should be mostly `supported`: {good:?}"
+    );
+    let mean = |ts: &[(String, String, f32)]| {
+        ts.iter().map(|t| p_hallucinated(&t.1, t.2)).sum::<f32>() / ts.len() as f32
+    };
+    assert!(
+        mean(&bad) > mean(&good),
+        "mean P(hallucinated): fabricated {:.3} vs supported {:.3}",
+        mean(&bad),
+        mean(&good)
+    );
     // The contested fact: the year. In the context → supported; changed →
     // hallucinated, and more likely so than the context's year.
     let year = good.iter().find(|t| t.0 == "1889").unwrap();
