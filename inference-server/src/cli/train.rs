@@ -73,15 +73,43 @@ pub struct TrainArgs {
     pub base_model: String,
 }
 
+impl TrainArgs {
+    /// The run's hyper-parameters (alpha = 2 × rank; batch and patience at least 1).
+    pub fn config(&self) -> trainer::TrainConfig {
+        trainer::TrainConfig {
+            task: self.task.clone(),
+            epochs: self.epochs,
+            lr: self.lr,
+            lora_rank: self.lora_rank,
+            lora_alpha: 2.0 * self.lora_rank as f64,
+            top_layers: self.top_layers,
+            seed: self.seed,
+            max_examples: self.max_examples,
+            batch_size: self.batch_size.max(1),
+            max_tokens: self.max_tokens,
+            val_fraction: self.val_fraction,
+            patience: self.patience.max(1),
+            weight_decay: 0.01,
+            lora_targets: self.lora_targets.clone(),
+            head_hidden: self.head_hidden.clone(),
+        }
+    }
+}
+
+/// `vsr` and its arguments as typed, for the model card.
+pub fn command_line() -> String {
+    std::iter::once("vsr".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if crate::training::token_data::is_token_task(&args.task) {
         return crate::training::token::train_cli(&args);
     }
     let wall = Instant::now();
-    let command = std::iter::once("vsr".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = command_line();
     let (base_dir, base_id) = resolve_base(&args.base_model)?;
     let dataset = data::load_with(
         &args.task,
@@ -90,23 +118,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             mmlu_extra: args.mmlu_extra,
         },
     )?;
-    let cfg = trainer::TrainConfig {
-        task: args.task.clone(),
-        epochs: args.epochs,
-        lr: args.lr,
-        lora_rank: args.lora_rank,
-        lora_alpha: 2.0 * args.lora_rank as f64,
-        top_layers: args.top_layers,
-        seed: args.seed,
-        max_examples: args.max_examples,
-        batch_size: args.batch_size.max(1),
-        max_tokens: args.max_tokens,
-        val_fraction: args.val_fraction,
-        patience: args.patience.max(1),
-        weight_decay: 0.01,
-        lora_targets: args.lora_targets.clone(),
-        head_hidden: args.head_hidden.clone(),
-    };
+    let cfg = args.config();
     let base_sha = trainer::sha256_file(&base_dir.join("model.safetensors"))?;
     let metadata = serde_json::json!({
         "trained_by": "vsr train",

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
-use super::token_data::{Span, TokenExample};
+use super::token_data::{merge_address_parts, Span, TokenExample};
 use super::Rng;
 
 /// Folder of the raw material under the `pii` data folder.
@@ -202,7 +202,9 @@ impl Material {
             rest = &after[close + 2..];
         }
         text.push_str(rest);
-        let spans = merge_adjacent_addresses(&text, spans);
+        // Address parts next to each other become one address, as presidio
+        // labels a whole address.
+        let spans = merge_address_parts(&text, spans);
         Ok((text, spans))
     }
 
@@ -537,45 +539,6 @@ fn date_of_birth(p: &Identity, rng: &mut Rng) -> String {
         ([m, d, y], 1) => format!("{y}-{:0>2}-{:0>2}", m, d),
         _ => p.birthday.clone(),
     }
-}
-
-/// Adjacent STREET_ADDRESS / GPE / ZIP_CODE parts (separated by spaces or a
-/// comma) that include a STREET_ADDRESS become one STREET_ADDRESS span, as
-/// presidio's own datasets label a whole address.
-fn merge_adjacent_addresses(text: &str, spans: Vec<Span>) -> Vec<Span> {
-    let part = |s: &Span| matches!(s.kind.as_str(), "STREET_ADDRESS" | "GPE" | "ZIP_CODE");
-    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
-    let mut run: Vec<Span> = Vec::new();
-    let flush = |run: &mut Vec<Span>, out: &mut Vec<Span>| {
-        if run.len() > 1 && run.iter().any(|s| s.kind == "STREET_ADDRESS") {
-            out.push(Span {
-                start: run[0].start,
-                end: run[run.len() - 1].end,
-                kind: "STREET_ADDRESS".into(),
-            });
-            run.clear();
-        } else {
-            out.append(run);
-        }
-    };
-    for s in spans {
-        let joins = part(&s)
-            && run.last().is_some_and(|p| {
-                text.get(p.end..s.start)
-                    .is_some_and(|gap| gap.chars().all(|c| c.is_whitespace() || c == ','))
-            });
-        if !joins {
-            flush(&mut run, &mut out);
-        }
-        if part(&s) {
-            run.push(s);
-        } else {
-            out.push(s);
-        }
-    }
-    flush(&mut run, &mut out);
-    out.sort_by_key(|s| s.start);
-    out
 }
 
 /// The generated sentences of the `pii` folder `root`, or `None` when it has

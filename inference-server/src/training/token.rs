@@ -1323,29 +1323,10 @@ impl token_data::TokenExample {
 /// `vsr train --task pii ...`.
 pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode> {
     let wall = Instant::now();
-    let command = std::iter::once("vsr".to_string())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = crate::cli::train::command_line();
     let (base_dir, base_id) = crate::sidecar::loader::resolve_base(&args.base_model)?;
     let data = token_data::load(&args.task, &args.data)?;
-    let cfg = TrainConfig {
-        task: args.task.clone(),
-        epochs: args.epochs,
-        lr: args.lr,
-        lora_rank: args.lora_rank,
-        lora_alpha: 2.0 * args.lora_rank as f64,
-        top_layers: args.top_layers,
-        seed: args.seed,
-        max_examples: args.max_examples,
-        batch_size: args.batch_size.max(1),
-        max_tokens: args.max_tokens,
-        val_fraction: args.val_fraction,
-        patience: args.patience.max(1),
-        weight_decay: 0.01,
-        lora_targets: args.lora_targets.clone(),
-        head_hidden: args.head_hidden.clone(),
-    };
+    let cfg = args.config();
     let (train_idx, val_idx) = split(&data, cfg.max_examples, cfg.val_fraction, cfg.seed);
     let base_sha = trainer::sha256_file(&base_dir.join("model.safetensors"))?;
     let metadata = serde_json::json!({

@@ -173,7 +173,7 @@ fn drop_overlaps(mut spans: Vec<Span>) -> Vec<Span> {
 /// postcode), `synth_dataset_v2` the whole address. Runs of STREET_ADDRESS /
 /// GPE / ZIP_CODE spans separated only by whitespace or commas that contain a
 /// STREET_ADDRESS become one STREET_ADDRESS span.
-fn merge_address_parts(text: &str, spans: Vec<Span>) -> Vec<Span> {
+pub(crate) fn merge_address_parts(text: &str, spans: Vec<Span>) -> Vec<Span> {
     let part = |s: &Span| matches!(s.kind.as_str(), "STREET_ADDRESS" | "GPE" | "ZIP_CODE");
     let mut out: Vec<Span> = Vec::with_capacity(spans.len());
     let mut run: Vec<Span> = Vec::new();
