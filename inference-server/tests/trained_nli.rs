@@ -13,29 +13,12 @@ use vsr_proto::v1 as pb;
 
 const LABELS: [&str; 3] = ["entailment", "neutral", "contradiction"];
 
-/// (premise, hypothesis, expected label).
-const EXPECTED: &[(&str, &str, &str)] = &[
-    (
-        "A man is playing a guitar on stage.",
-        "A person is playing an instrument.",
-        "entailment",
-    ),
-    (
-        "A man is running a marathon.",
-        "A man is sleeping.",
-        "contradiction",
-    ),
-    (
-        "A woman is walking her dog in the park.",
-        "A woman is outside with an animal.",
-        "entailment",
-    ),
-    (
-        "Two children are swimming in a pool.",
-        "The children are sitting in a classroom.",
-        "contradiction",
-    ),
-];
+/// (premise, hypothesis, expected label): the pairs the model card lists.
+fn expected() -> &'static [(&'static str, &'static str, &'static str)] {
+    let pairs = inference_server::training::data::pair_acceptance_examples("nli");
+    assert!(!pairs.is_empty(), "no nli acceptance pairs");
+    pairs
+}
 
 #[test]
 fn nli_task_and_card_declare_the_snli_labels() {
@@ -65,7 +48,7 @@ async fn shipped_nli_head_labels_obvious_pairs() {
     let mut c = client(&s).await;
     let resp = c
         .nli(pb::NliRequest {
-            pairs: EXPECTED
+            pairs: expected()
                 .iter()
                 .map(|(p, h, _)| pb::NliPair {
                     premise: p.to_string(),
@@ -78,9 +61,9 @@ async fn shipped_nli_head_labels_obvious_pairs() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(resp.results.len(), EXPECTED.len());
+    assert_eq!(resp.results.len(), expected().len());
     let mut failures = Vec::new();
-    for ((p, h, want), r) in EXPECTED.iter().zip(&resp.results) {
+    for ((p, h, want), r) in expected().iter().zip(&resp.results) {
         let labels: Vec<&str> = r.scores.iter().map(|x| x.label.as_str()).collect();
         assert_eq!(labels, LABELS, "scores of {p:?} / {h:?}");
         let sum: f32 = r.scores.iter().map(|x| x.score).sum();
