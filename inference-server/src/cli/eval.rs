@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::sidecar::loader::resolve_base;
 use crate::sidecar::DEFAULT_BASE_MODEL;
-use crate::training::{data, evaluate};
+use crate::training::{checked, data, evaluate};
 
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
@@ -29,6 +29,18 @@ pub struct EvalArgs {
     /// Classify these texts instead of scoring a dataset (repeatable).
     #[arg(long)]
     pub text: Vec<String>,
+    /// Score the hand-checked sample in this file (see `training::checked`)
+    /// instead of the proxy labels of the validation split.
+    #[arg(long, conflicts_with_all = ["all", "text"])]
+    pub checked: Option<PathBuf>,
+    /// Print a seeded sheet of this many validation examples per label
+    /// (`key<TAB>proxy<TAB>text`) for checking by hand, and exit.
+    #[arg(long, conflicts_with_all = ["all", "text", "checked"])]
+    pub checking_sheet: Option<usize>,
+    /// With --checking-sheet: only examples from origins starting with
+    /// these names (e.g. `GoEmotions`), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub origins: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -110,6 +122,35 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         let used = data::subsample(dataset.validated, max, seed);
         data::split_examples(&dataset, &used, frac, seed).1
     };
+    if let Some(per_label) = args.checking_sheet {
+        let origins: Vec<&str> = args.origins.iter().map(String::as_str).collect();
+        println!("key\tproxy\ttext");
+        for line in checked::sheet(&dataset, &indices, &origins, per_label, 42) {
+            println!("{line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(path) = &args.checked {
+        let rows = checked::read(path, &dataset.labels)?;
+        let (sample, none) = checked::relabel(&dataset, &rows)?;
+        let all: Vec<usize> = (0..sample.examples.len()).collect();
+        let scored = task.score(&sample, &all, 32)?;
+        if args.json {
+            let mut v = serde_json::to_value(&scored)?;
+            v["checked_none"] = serde_json::json!(none);
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!(
+                "{} on the hand-checked sample {} ({} rows, {none} checked `{}` and left out):\n",
+                args.task,
+                path.display(),
+                rows.len(),
+                checked::NONE
+            );
+            println!("{}", scored.to_markdown());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let scored = task.score(&dataset, &indices, 32)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&scored)?);

@@ -7,9 +7,11 @@
 //! * [`metrics`] — confusion matrix, accuracy, macro-F1, per-class P/R;
 //! * [`trainer`] — frozen-feature cache, train loop, task writer;
 //! * [`evaluate`] — scores a task directory through `CandleBackend`;
-//! * [`card`] — `model-card.md`.
+//! * [`card`] — `model-card.md`;
+//! * [`checked`] — hand-checked evaluation samples for proxy-labelled tasks.
 
 pub mod card;
+pub mod checked;
 pub mod csv;
 pub mod data;
 pub mod evaluate;
