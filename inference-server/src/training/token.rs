@@ -32,8 +32,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use serde::Serialize;
 
 use super::hallucination_data;
@@ -724,125 +724,54 @@ pub fn train(
         &model.config,
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
     )?;
-    let mut named: Vec<(String, Var)> = varmap
-        .data()
-        .lock()
-        .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut opt = AdamW::new(
-        named.iter().map(|(_, v)| v.clone()).collect(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
-    let snapshot = |named: &[(String, Var)]| -> candle_core::Result<HashMap<String, Tensor>> {
-        named
-            .iter()
-            .map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?)))
-            .collect()
-    };
     let t_train = Instant::now();
-    let mut best = (f64::NEG_INFINITY, 0usize, snapshot(&named)?);
-    let mut history = Vec::new();
-    let (mut step, mut stale, mut epochs_run) = (0usize, 0usize, 0usize);
-    let total_steps = train_rows.len().div_ceil(cfg.batch_size) * cfg.epochs;
-    for epoch in 1..=cfg.epochs {
-        epochs_run = epoch;
-        let mut order = train_rows.clone();
-        rng.shuffle(&mut order);
-        let mut batches: Vec<Vec<usize>> = Vec::new();
-        for window in order.chunks(cfg.batch_size * 16) {
-            let mut w = window.to_vec();
-            w.sort_by_key(|i| aligned[i].ids.len());
-            batches.extend(w.chunks(cfg.batch_size).map(<[usize]>::to_vec));
-        }
-        rng.shuffle(&mut batches);
-        let (start, mut loss_sum, mut loss_n) = (Instant::now(), 0f64, 0usize);
-        for rows in &batches {
-            let frac = step as f64 / total_steps.max(1) as f64;
-            opt.set_learning_rate(cfg.lr * (1.0 - 0.9 * frac));
+    let train_loop = trainer::fit(
+        cfg,
+        &varmap,
+        &mut rng,
+        &train_rows,
+        |i| aligned[&i].ids.len(),
+        |rows| {
             let (x, bias, pos, labels) = make_batch(&cache, &aligned, rows, &dev)?;
             let logits = branch_logits(&model, &branch, &x, &bias, Mode::Train)?;
             let (b, s, c) = logits.dims3()?;
             let flat = logits.reshape((b * s, c))?.index_select(&pos, 0)?;
-            let loss = match &class_weights {
+            Ok(match &class_weights {
                 None => candle_nn::loss::cross_entropy(&flat, &labels)?,
                 Some(w) => weighted_cross_entropy(&flat, &labels, w)?,
+            })
+        },
+        || {
+            let r = validate(
+                &model,
+                &branch,
+                &cache,
+                &aligned,
+                &row_example,
+                data,
+                &val_rows,
+                &dev,
+            )?;
+            let (f1, ov) = r.scores();
+            let what = match &r {
+                ValReport::Spans(_) => "strict micro-F1",
+                ValReport::Pair(_) => "token F1 (positive label)",
             };
-            let grads = loss.backward()?;
-            if step == 0 {
-                // LoRA B starts at zero, so A's gradient is zero at the first
-                // step; B and the head must move.
-                trainer::assert_grads(
-                    &grads,
-                    &named,
-                    |n| n.starts_with("head.") || n.ends_with("lora_b"),
-                    1,
-                )?;
-            } else if step == 1 {
-                trainer::assert_grads(&grads, &named, |n| n.contains("lora_"), 2)?;
-            }
-            opt.step(&grads)?;
-            step += 1;
-            let l = loss.to_scalar::<f32>()? as f64;
-            if !l.is_finite() {
-                bail!("loss is {l} at step {step}");
-            }
-            loss_sum += l;
-            loss_n += 1;
-            if step.is_multiple_of(50) {
-                eprintln!(
-                    "  epoch {epoch} step {step}/{total_steps} loss {:.4} ({:.1} steps/s)",
-                    loss_sum / loss_n as f64,
-                    loss_n as f64 / start.elapsed().as_secs_f64()
-                );
-            }
-        }
-        let r = validate(
-            &model,
-            &branch,
-            &cache,
-            &aligned,
-            &row_example,
-            data,
-            &val_rows,
-            &dev,
-        )?;
-        let (f1, ov) = r.scores();
-        let train_loss = loss_sum / loss_n.max(1) as f64;
-        let what = match &r {
-            ValReport::Spans(_) => "strict micro-F1",
-            ValReport::Pair(_) => "token F1 (positive label)",
-        };
-        eprintln!(
-            "epoch {epoch}: train loss {train_loss:.4}, validation {what} {f1:.4}, span overlap {ov:.4} ({:.0} s)",
-            start.elapsed().as_secs_f64()
-        );
-        history.push((epoch, train_loss, f1, ov));
-        if f1 > best.0 {
-            best = (f1, epoch, snapshot(&named)?);
-            stale = 0;
-        } else {
-            stale += 1;
-            if stale >= cfg.patience {
-                eprintln!("early stop: no validation improvement for {stale} epochs");
-                break;
-            }
-        }
-    }
+            Ok((
+                f1,
+                ov,
+                format!("validation {what} {f1:.4}, span overlap {ov:.4}"),
+            ))
+        },
+    )?;
     Ok(TokenOutcome {
         spec,
-        tensors: best.2,
-        best_epoch: best.1,
-        epochs_run,
+        tensors: train_loop.tensors,
+        best_epoch: train_loop.best_epoch,
+        epochs_run: train_loop.epochs_run,
         train_indices: train_idx,
         val_indices: val_idx,
-        history,
+        history: train_loop.history,
         cache_secs,
         train_secs: t_train.elapsed().as_secs_f64(),
     })

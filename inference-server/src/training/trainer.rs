@@ -1,4 +1,5 @@
-//! The train loop for sequence tasks.
+//! The train loop ([`fit`], shared by sequence and token tasks) and the
+//! sequence-task trainer around it.
 //!
 //! The lower `L - top_layers` layers are frozen, so their output is computed
 //! once per example ([`Mode::Inference`], no graph) and cached. Each step runs
@@ -431,6 +432,64 @@ pub fn train(
         &model.config,
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
     )?;
+    let train_loop = fit(
+        cfg,
+        &varmap,
+        &mut rng,
+        &train_idx,
+        |i| cache[&i].hidden.dims()[0],
+        |rows| {
+            let (x, bias, mask, labels) = make_batch(&cache, rows, &dev)?;
+            let logits = branch_logits(&model, &branch, &x, &bias, &mask, Mode::Train)?;
+            Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
+        },
+        || {
+            let c = validate(&model, &branch, &cache, &val_idx, &data.labels, &dev)?;
+            let (acc, f1) = (c.accuracy(), c.macro_f1());
+            Ok((
+                acc,
+                f1,
+                format!("validation accuracy {acc:.4}, macro-F1 {f1:.4}"),
+            ))
+        },
+    )?;
+    Ok(TrainOutcome {
+        spec,
+        tensors: train_loop.tensors,
+        best_epoch: train_loop.best_epoch,
+        epochs_run: train_loop.epochs_run,
+        train_examples: train_idx.len(),
+        val_indices: val_idx,
+        history: train_loop.history,
+        cache_secs,
+    })
+}
+
+/// What [`fit`] returns: the best epoch's weights and the per-epoch record.
+pub(crate) struct Fitted {
+    pub tensors: HashMap<String, Tensor>,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    /// (epoch, train loss, validation score, second validation number).
+    pub history: Vec<(usize, f64, f64, f64)>,
+}
+
+/// The optimisation loop every task kind shares, over the trainable
+/// variables of `varmap`: AdamW with linear decay to 10% of `cfg.lr`;
+/// batches of similar length (`len_of` a row) in a seeded order; gradient
+/// checks on the first two steps (so a kernel without backward fails the
+/// run instead of training nothing); early stopping on the first number
+/// `validate` returns (score, second number, log text), keeping the best
+/// epoch's weights.
+pub(crate) fn fit(
+    cfg: &TrainConfig,
+    varmap: &VarMap,
+    rng: &mut Rng,
+    rows: &[usize],
+    len_of: impl Fn(usize) -> usize,
+    mut batch_loss: impl FnMut(&[usize]) -> anyhow::Result<Tensor>,
+    mut validate: impl FnMut() -> anyhow::Result<(f64, f64, String)>,
+) -> anyhow::Result<Fitted> {
     let mut named: Vec<(String, Var)> = varmap
         .data()
         .lock()
@@ -447,7 +506,6 @@ pub fn train(
             ..Default::default()
         },
     )?;
-
     let snapshot = |named: &[(String, Var)]| -> candle_core::Result<HashMap<String, Tensor>> {
         named
             .iter()
@@ -456,36 +514,30 @@ pub fn train(
     };
     let mut best = (f64::NEG_INFINITY, 0usize, snapshot(&named)?);
     let mut history = Vec::new();
-    let mut step = 0usize;
-    let mut stale = 0usize;
-    let mut epochs_run = 0;
-    let steps_per_epoch = train_idx.len().div_ceil(cfg.batch_size);
-    let total_steps = steps_per_epoch * cfg.epochs;
+    let (mut step, mut stale, mut epochs_run) = (0usize, 0usize, 0usize);
+    let total_steps = rows.len().div_ceil(cfg.batch_size) * cfg.epochs;
     for epoch in 1..=cfg.epochs {
         epochs_run = epoch;
         // Shuffle, then sort within windows of 16 batches by length (less
         // padding), then shuffle the batch order.
-        let mut order = train_idx.clone();
+        let mut order = rows.to_vec();
         rng.shuffle(&mut order);
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for window in order.chunks(cfg.batch_size * 16) {
             let mut w = window.to_vec();
-            w.sort_by_key(|i| cache[i].hidden.dims()[0]);
+            w.sort_by_key(|&i| len_of(i));
             batches.extend(w.chunks(cfg.batch_size).map(<[usize]>::to_vec));
         }
         rng.shuffle(&mut batches);
         let (start, mut seen, mut loss_sum, mut loss_n) = (Instant::now(), 0usize, 0f64, 0usize);
-        for rows in &batches {
-            // Linear decay to 10% of the base rate.
+        for batch in &batches {
             let frac = step as f64 / total_steps.max(1) as f64;
             opt.set_learning_rate(cfg.lr * (1.0 - 0.9 * frac));
-            let (x, bias, mask, labels) = make_batch(&cache, rows, &dev)?;
-            let logits = branch_logits(&model, &branch, &x, &bias, &mask, Mode::Train)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+            let loss = batch_loss(batch)?;
             let grads = loss.backward()?;
             if step == 0 {
-                // B starts at zero, so A's gradient is zero by construction
-                // at the first step; B and the head must move.
+                // LoRA B starts at zero, so A's gradient is zero by
+                // construction at the first step; B and the head must move.
                 assert_grads(
                     &grads,
                     &named,
@@ -497,7 +549,7 @@ pub fn train(
             }
             opt.step(&grads)?;
             step += 1;
-            seen += rows.len();
+            seen += batch.len();
             let l = loss.to_scalar::<f32>()? as f64;
             if !l.is_finite() {
                 bail!("loss is {l} at step {step}");
@@ -506,22 +558,21 @@ pub fn train(
             loss_n += 1;
             if step.is_multiple_of(50) {
                 eprintln!(
-                    "  epoch {epoch} step {step}/{total_steps} loss {:.4} {:.0} examples/s",
+                    "  epoch {epoch} step {step}/{total_steps} loss {:.4} {:.0} rows/s",
                     loss_sum / loss_n as f64,
                     seen as f64 / start.elapsed().as_secs_f64()
                 );
             }
         }
-        let c = validate(&model, &branch, &cache, &val_idx, &data.labels, &dev)?;
-        let (acc, f1) = (c.accuracy(), c.macro_f1());
+        let (score, second, text) = validate()?;
         let train_loss = loss_sum / loss_n.max(1) as f64;
         eprintln!(
-            "epoch {epoch}: train loss {train_loss:.4}, validation accuracy {acc:.4}, macro-F1 {f1:.4} ({:.0} s)",
+            "epoch {epoch}: train loss {train_loss:.4}, {text} ({:.0} s)",
             start.elapsed().as_secs_f64()
         );
-        history.push((epoch, train_loss, acc, f1));
-        if acc > best.0 {
-            best = (acc, epoch, snapshot(&named)?);
+        history.push((epoch, train_loss, score, second));
+        if score > best.0 {
+            best = (score, epoch, snapshot(&named)?);
             stale = 0;
         } else {
             stale += 1;
@@ -531,15 +582,11 @@ pub fn train(
             }
         }
     }
-    Ok(TrainOutcome {
-        spec,
+    Ok(Fitted {
         tensors: best.2,
         best_epoch: best.1,
         epochs_run,
-        train_examples: train_idx.len(),
-        val_indices: val_idx,
         history,
-        cache_secs,
     })
 }
 
