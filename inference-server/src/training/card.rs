@@ -82,11 +82,7 @@ pub fn render(c: &CardInputs) -> String {
         );
     }
     let _ = writeln!(s, "\n## Model\n");
-    let _ = writeln!(
-        s,
-        "* base: `{}` (frozen), model.safetensors sha256 `{}`",
-        c.base_model, c.base_sha256
-    );
+    base_line(&mut s, c.base_model, c.base_sha256);
     let _ = writeln!(
         s,
         "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), CLS pooling, {}",
@@ -105,34 +101,93 @@ pub fn render(c: &CardInputs) -> String {
                 .join(", ")
         },
         cfg.top_layers,
-        if cfg.head_hidden.is_empty() {
-            "linear head".to_string()
-        } else {
-            format!("head with hidden layer(s) {:?} (tanh)", cfg.head_hidden)
-        }
+        head_text(cfg)
     );
-    let _ = writeln!(
-        s,
-        "* hyper-parameters: epochs ≤ {} (early stopping on validation accuracy, patience {}; best epoch {} of {} run), AdamW lr {} (linear decay to 10%), weight decay {}, batch {}, inputs cut to {} tokens for training",
-        cfg.epochs, cfg.patience, o.best_epoch, o.epochs_run, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.max_tokens
+    hyper_line(
+        &mut s,
+        cfg,
+        o.best_epoch,
+        o.epochs_run,
+        "validation accuracy",
+        "inputs cut to",
     );
     let _ = writeln!(
         s,
         "* training wall time: {:.0} s (of which {:.0} s caching the frozen layers), CPU",
         c.wall_secs, o.cache_secs
     );
-    let _ = writeln!(s, "\nPer epoch (validation on cached features):\n");
-    let _ = writeln!(s, "| epoch | train loss | val accuracy | val macro-F1 |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|");
-    for (e, l, a, f) in &o.history {
-        let _ = writeln!(s, "| {e} | {l:.4} | {a:.4} | {f:.4} |");
-    }
+    epoch_table(
+        &mut s,
+        "Per epoch (validation on cached features)",
+        ["val accuracy", "val macro-F1"],
+        &o.history,
+    );
     let _ = writeln!(
         s,
         "\n## Validation metrics\n\nComputed after saving, by loading this directory through the sidecar's task discovery and `CandleBackend` (inputs up to {} tokens, as served). The validation split also chose the epoch (early stopping), so these numbers are slightly optimistic for unseen data:\n",
         c.eval_max_tokens
     );
     s.push_str(&c.scored.to_markdown());
-    let _ = writeln!(s, "\n## Reproduce\n\n```sh\n{}\n```", c.command);
+    reproduce(&mut s, c.command);
     s
+}
+
+// === sections every card kind shares (sequence, token, pair-token) ===
+
+/// `* base: ...` with the checksum, so a card names the exact trunk.
+pub(crate) fn base_line(s: &mut String, model: &str, sha256: &str) {
+    let _ = writeln!(
+        s,
+        "* base: `{model}` (frozen), model.safetensors sha256 `{sha256}`"
+    );
+}
+
+/// The head's shape in words.
+pub(crate) fn head_text(cfg: &TrainConfig) -> String {
+    if cfg.head_hidden.is_empty() {
+        "linear head".to_string()
+    } else {
+        format!("head with hidden layer(s) {:?} (tanh)", cfg.head_hidden)
+    }
+}
+
+/// `* hyper-parameters: ...`; `metric` is what early stopping watched,
+/// `inputs` how training inputs were cut (followed by the token count).
+pub(crate) fn hyper_line(
+    s: &mut String,
+    cfg: &TrainConfig,
+    best_epoch: usize,
+    epochs_run: usize,
+    metric: &str,
+    inputs: &str,
+) {
+    let _ = writeln!(
+        s,
+        "* hyper-parameters: epochs ≤ {} (early stopping on {metric}, patience {}; best epoch {best_epoch} of {epochs_run} run), \
+         AdamW lr {} (linear decay to 10%), weight decay {}, batch {}, {inputs} {} tokens for training",
+        cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.max_tokens
+    );
+}
+
+/// The per-epoch table: epoch, train loss and the two validation numbers
+/// [`super::trainer::fit`] records.
+pub(crate) fn epoch_table(
+    s: &mut String,
+    caption: &str,
+    columns: [&str; 2],
+    history: &[(usize, f64, f64, f64)],
+) {
+    let _ = writeln!(
+        s,
+        "\n{caption}:\n\n| epoch | train loss | {} | {} |\n|---:|---:|---:|---:|",
+        columns[0], columns[1]
+    );
+    for (e, l, a, b) in history {
+        let _ = writeln!(s, "| {e} | {l:.4} | {a:.4} | {b:.4} |");
+    }
+}
+
+/// The closing `## Reproduce` section with the exact command.
+pub(crate) fn reproduce(s: &mut String, command: &str) {
+    let _ = writeln!(s, "\n## Reproduce\n\n```sh\n{command}\n```");
 }

@@ -36,10 +36,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Serialize;
 
-use super::hallucination_data;
 use super::token_data::{self, Aligned, Span, TokenDataset, IGNORE};
 use super::trainer::{self, TrainConfig};
 use super::Rng;
+use super::{card, hallucination_data};
 use crate::sidecar::backend::candle::{CandleBackend, TaskBranch};
 use crate::sidecar::backend::{Backend, Batch, HeadOutput, TaskFiles, Wants};
 use crate::sidecar::model::bert::{BertModel, Mode};
@@ -1024,48 +1024,36 @@ pub fn render_card(c: &TokenCard) -> String {
         }
     );
     let _ = writeln!(s, "\n## Model\n");
+    card::base_line(&mut s, c.base_model, c.base_sha256);
     let _ = writeln!(
         s,
-        "* base: `{}` (frozen), model.safetensors sha256 `{}`",
-        c.base_model, c.base_sha256
-    );
-    let _ = writeln!(
-        s,
-        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), head {} over every token; \
+        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), {} over every token; \
          loss: cross-entropy over real tokens (not [CLS]/[SEP])",
         cfg.lora_rank,
         cfg.lora_alpha,
         cfg.lora_targets.join(", "),
         cfg.top_layers,
-        if cfg.head_hidden.is_empty() {
-            "linear".to_string()
-        } else {
-            format!("dense {:?} + tanh + linear", cfg.head_hidden)
-        }
+        card::head_text(cfg)
     );
-    let _ = writeln!(
-        s,
-        "* hyper-parameters: epochs ≤ {} (early stopping on validation strict micro-F1, patience {}; best epoch {} of {} run), \
-         AdamW lr {} (linear decay to 10%), weight decay {}, batch {}, texts cut to {} tokens for training",
-        cfg.epochs, cfg.patience, o.best_epoch, o.epochs_run, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.max_tokens
+    card::hyper_line(
+        &mut s,
+        cfg,
+        o.best_epoch,
+        o.epochs_run,
+        "validation strict micro-F1",
+        "texts cut to",
     );
     let _ = writeln!(
         s,
         "* training wall time: {:.0} s in all ({:.0} s caching the frozen layers, {:.0} s training), CPU",
         c.wall_secs, o.cache_secs, o.train_secs
     );
-    let _ = writeln!(
-        s,
-        "\nPer epoch (validation, decoded as served, on training-length inputs):\n"
+    card::epoch_table(
+        &mut s,
+        "Per epoch (validation, decoded as served, on training-length inputs)",
+        ["strict micro-F1", "overlap micro-F1"],
+        &o.history,
     );
-    let _ = writeln!(
-        s,
-        "| epoch | train loss | strict micro-F1 | overlap micro-F1 |"
-    );
-    let _ = writeln!(s, "|---:|---:|---:|---:|");
-    for (e, l, f, ov) in &o.history {
-        let _ = writeln!(s, "| {e} | {l:.4} | {f:.4} | {ov:.4} |");
-    }
     let _ = writeln!(
         s,
         "\n## Validation metrics\n\nComputed after saving, by loading this directory through `CandleBackend` \
@@ -1081,7 +1069,7 @@ pub fn render_card(c: &TokenCard) -> String {
         cfg.task
     );
     s.push_str(&c.served.to_markdown());
-    let _ = writeln!(s, "\n## Reproduce\n\n```sh\n{}\n```", c.command);
+    card::reproduce(&mut s, c.command);
     s
 }
 
@@ -1156,11 +1144,7 @@ pub fn render_pair_card(c: &PairTokenCard) -> String {
         }
     );
     let _ = writeln!(s, "\n## Model\n");
-    let _ = writeln!(
-        s,
-        "* base: `{}` (frozen), model.safetensors sha256 `{}`",
-        c.base_model, c.base_sha256
-    );
+    card::base_line(&mut s, c.base_model, c.base_sha256);
     let _ = writeln!(
         s,
         "* input: `[CLS] context+question [SEP] answer [SEP]` with type ids 0/1 (`encode_pair`); a \
@@ -1169,32 +1153,22 @@ pub fn render_pair_card(c: &PairTokenCard) -> String {
     );
     let _ = writeln!(
         s,
-        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), head {} over every token; \
+        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), {} over every token; \
          loss: cross-entropy over the answer's tokens only (not [CLS]/[SEP], not the first text), \
          the positive label's tokens weighted sqrt(#negative / #positive training tokens)",
         cfg.lora_rank,
         cfg.lora_alpha,
         cfg.lora_targets.join(", "),
         cfg.top_layers,
-        if cfg.head_hidden.is_empty() {
-            "linear".to_string()
-        } else {
-            format!("dense {:?} + tanh + linear", cfg.head_hidden)
-        }
+        card::head_text(cfg)
     );
-    let _ = writeln!(
-        s,
-        "* hyper-parameters: epochs ≤ {} (early stopping on validation token F1 of `{positive}`, \
-         patience {}; best epoch {} of {} run), AdamW lr {} (linear decay to 10%), weight decay {}, \
-         batch {}, pairs encoded with at most {} tokens for training",
-        cfg.epochs,
-        cfg.patience,
+    card::hyper_line(
+        &mut s,
+        cfg,
         o.best_epoch,
         o.epochs_run,
-        cfg.lr,
-        cfg.weight_decay,
-        cfg.batch_size,
-        cfg.max_tokens
+        &format!("validation token F1 of `{positive}`"),
+        "pairs encoded with at most",
     );
     let _ = writeln!(
         s,
@@ -1202,14 +1176,12 @@ pub fn render_pair_card(c: &PairTokenCard) -> String {
          the rest the served evaluation), CPU (2 shared cores)",
         c.wall_secs, o.cache_secs, o.train_secs
     );
-    let _ = writeln!(
-        s,
-        "\nPer epoch (validation on training-length windows):\n\n\
-         | epoch | train loss | token F1 `{positive}` | span overlap F1 |\n|---:|---:|---:|---:|"
+    card::epoch_table(
+        &mut s,
+        "Per epoch (validation on training-length windows)",
+        [&format!("token F1 `{positive}`"), "span overlap F1"],
+        &o.history,
     );
-    for (e, l, f, ov) in &o.history {
-        let _ = writeln!(s, "| {e} | {l:.4} | {f:.4} | {ov:.4} |");
-    }
     let _ = writeln!(
         s,
         "\n## Validation metrics\n\nComputed after saving, by loading this directory through \
@@ -1231,7 +1203,7 @@ pub fn render_pair_card(c: &PairTokenCard) -> String {
            that is true but absent from the context tends to be flagged.\n\
          * English Wikipedia-style (HotpotQA) contexts only; no long-form answers in training."
     );
-    let _ = writeln!(s, "\n## Reproduce\n\n```sh\n{}\n```", c.command);
+    card::reproduce(&mut s, c.command);
     s
 }
 
