@@ -4,7 +4,7 @@
 //! sidecar-bench prompts                 # the benchmark prompts as JSON (for the Python side)
 //! sidecar-bench flops                   # peak f32 matmul GFLOP/s through candle
 //! sidecar-bench forward                # embedding-only forward pass: ms and GFLOP/s
-//! sidecar-bench multitask               # cost(5 tasks + embedding) / cost(embedding)
+//! sidecar-bench multitask               # cost(5 tasks + embedding) / cost(embedding); layouts A-C random, S = shipped models/
 //! sidecar-bench grpc                    # embeddings/s, p50/p99: batch 1/8/32, 1/8/32 clients
 //! sidecar-bench cache [N]               # memory cache, N (100000) random 384-d entries in one
 //!                                       # partition: fill time, lookup p50/p99, recall@1 vs brute
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use inference_server::sidecar::backend::candle::CandleBackend;
-use inference_server::sidecar::backend::{Backend, Batch, Wants};
+use inference_server::sidecar::backend::{Backend, Batch, TaskFiles, Wants};
 use inference_server::sidecar::cache::hnsw::{dot, normalize, HnswParams, SplitMix64};
 use inference_server::sidecar::cache::redis::RedisCache;
 use inference_server::sidecar::cache::{CacheBackend, CacheBackendKind, CacheConfig, Lookup};
@@ -319,46 +319,72 @@ fn multitask() -> anyhow::Result<()> {
         for s in &specs {
             write_random_task(&dir, s, 384, 1536, 6)?;
         }
-        let files = tasks::discover(&dir, 6)?;
-        let backend = CandleBackend::load(&base, &files, Device::Cpu)?;
-        let all: Vec<usize> = (0..files.len()).collect();
-        for (pname, texts) in [("~30 tok", prompts(30, 32)), ("~128 tok", prompts(128, 32))] {
-            for bs in [1usize, 8, 32] {
-                let encs: Vec<_> = texts[..bs]
-                    .iter()
-                    .map(|t| tok.encode(t))
-                    .collect::<Result<_, _>>()?;
-                let mk = |tasks: &Vec<usize>| {
-                    Batch::from_rows(encs.iter().map(|e| {
-                        (
-                            &e.ids[..],
-                            &e.type_ids[..],
-                            Wants {
-                                embedding: true,
-                                tasks: tasks.clone(),
-                            },
-                        )
-                    }))
-                };
-                let reps = if bs == 32 {
-                    5
-                } else if bs == 8 {
-                    15
-                } else {
-                    41
-                };
-                let (only, multi) = time_pair(&backend, &mk(&vec![]), &mk(&all), reps)?;
-                println!(
-                    "| {} | {pname} | {bs} | {:.2} | {:.2} | {:.2}x |",
-                    &label[..1],
-                    only * 1e3,
-                    multi * 1e3,
-                    multi / only
-                );
-            }
-        }
+        time_tasks(&base, &tok, &label[..1], tasks::discover(&dir, 6)?)?;
+    }
+    // What is shipped: the trained prompt-task heads in models/ (real
+    // weights, each with the top_layers / pooling it was trained with).
+    let shipped: Vec<_> = tasks::discover(std::path::Path::new("models"), 6)?
+        .into_iter()
+        .filter(|f| PROMPT_TASKS.contains(&f.spec.name.as_str()))
+        .collect();
+    if shipped.len() == PROMPT_TASKS.len() {
+        time_tasks(&base, &tok, "S", shipped)?;
+    } else {
+        eprintln!(
+            "layout S skipped: models/ lacks some of {PROMPT_TASKS:?} (run from the repo root)"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The five tasks a routed prompt can ask for (besides the embedding).
+const PROMPT_TASKS: [&str; 5] = ["domain", "jailbreak", "fact_check", "feedback", "pii"];
+
+/// One table row per prompt size and batch: forward pass with the
+/// embedding only against the embedding plus every task in `files`.
+fn time_tasks(
+    base: &std::path::Path,
+    tok: &Tokenization,
+    layout: &str,
+    files: Vec<TaskFiles>,
+) -> anyhow::Result<()> {
+    let backend = CandleBackend::load(base, &files, Device::Cpu)?;
+    let all: Vec<usize> = (0..files.len()).collect();
+    for (pname, texts) in [("~30 tok", prompts(30, 32)), ("~128 tok", prompts(128, 32))] {
+        for bs in [1usize, 8, 32] {
+            let encs: Vec<_> = texts[..bs]
+                .iter()
+                .map(|t| tok.encode(t))
+                .collect::<Result<_, _>>()?;
+            let mk = |tasks: &Vec<usize>| {
+                Batch::from_rows(encs.iter().map(|e| {
+                    (
+                        &e.ids[..],
+                        &e.type_ids[..],
+                        Wants {
+                            embedding: true,
+                            tasks: tasks.clone(),
+                        },
+                    )
+                }))
+            };
+            let reps = if bs == 32 {
+                5
+            } else if bs == 8 {
+                15
+            } else {
+                41
+            };
+            let (only, multi) = time_pair(&backend, &mk(&vec![]), &mk(&all), reps)?;
+            println!(
+                "| {layout} | {pname} | {bs} | {:.2} | {:.2} | {:.2}x |",
+                only * 1e3,
+                multi * 1e3,
+                multi / only
+            );
+        }
+    }
     Ok(())
 }
 
