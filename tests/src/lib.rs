@@ -14,7 +14,7 @@ pub mod stack;
 
 pub use http::{Reply, RAW_TIMEOUT};
 pub use proc::Proc;
-pub use sidecar::{Redis, Sidecar};
+pub use sidecar::{Redis, Sidecar, SidecarStack};
 pub use stack::Stack;
 
 use std::net::TcpListener;

@@ -145,3 +145,26 @@ fn which(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+/// Envoy with the filter and a real sidecar on the shipped models, kept
+/// together so the sidecar and its scratch folder live as long as the stack
+/// (tests keep one in a `static`).
+pub struct SidecarStack {
+    pub stack: crate::Stack,
+    _sidecar: Sidecar,
+    _dir: tempfile::TempDir,
+}
+
+impl SidecarStack {
+    /// Starts the sidecar, then the stack from `template` pointed at it.
+    pub fn start(template: &str) -> SidecarStack {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sidecar = Sidecar::start(dir.path(), &[]);
+        let stack = crate::Stack::start_with_sidecar(template, &[], Some(&sidecar.address()));
+        SidecarStack {
+            stack,
+            _sidecar: sidecar,
+            _dir: dir,
+        }
+    }
+}

@@ -6,31 +6,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vsr_e2e::{Reply, Sidecar, Stack};
-
-struct World {
-    stack: Stack,
-    _sidecar: Sidecar,
-    _dir: tempfile::TempDir,
-}
+use vsr_e2e::{Reply, SidecarStack, Stack};
 
 fn stack() -> &'static Stack {
-    static WORLD: OnceLock<World> = OnceLock::new();
+    static WORLD: OnceLock<SidecarStack> = OnceLock::new();
     &WORLD
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let sidecar = Sidecar::start(dir.path(), &[]);
-            let stack = Stack::start_with_sidecar(
-                include_str!("../configs/sidecar.yaml"),
-                &[],
-                Some(&sidecar.address()),
-            );
-            World {
-                stack,
-                _sidecar: sidecar,
-                _dir: dir,
-            }
-        })
+        .get_or_init(|| SidecarStack::start(include_str!("../configs/sidecar.yaml")))
         .stack
 }
 
