@@ -264,3 +264,56 @@ fn example_bootstrap_passes_envoy_validation() {
     let (ok, log) = envoy_validate(Path::new(&bootstrap), &[]);
     assert!(ok, "envoy rejected envoy/envoy.yaml:\n{log}");
 }
+
+/// `vsr eval --labelled` scores hand-written `label<TAB>text` lines with the shipped head
+/// (the domain probe) and names the line of a label the task does not have.
+#[test]
+fn eval_labelled_scores_the_domain_probe_and_names_bad_lines() {
+    let root = paths::root();
+    let base = root.join("models/base/all-MiniLM-L6-v2");
+    let env = [("VSR_BASE_MODEL", base.to_str().unwrap())];
+    let model = root.join("models/domain");
+    let probe = root.join("models/domain/probe-prompts.tsv");
+    let (ok, out, err) = vsr(
+        &[
+            "eval",
+            "--task",
+            "domain",
+            "--model",
+            model.to_str().unwrap(),
+            "--labelled",
+            probe.to_str().unwrap(),
+            "--json",
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["examples"], 42, "{report}");
+    // The shipped head gets 32 of 42 (docs/MODELS.md); far below means it did not load right.
+    assert!(report["accuracy"].as_f64().unwrap() > 0.6, "{report}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.tsv",
+        "math\tWhat is 2 + 2?\nastrology\tWhat is my sign?\n",
+    );
+    let (ok, _, err) = vsr(
+        &[
+            "eval",
+            "--task",
+            "domain",
+            "--model",
+            model.to_str().unwrap(),
+            "--labelled",
+            &bad,
+        ],
+        &env,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("bad.tsv:2: `astrology` is not a label of the task"),
+        "{err}"
+    );
+}

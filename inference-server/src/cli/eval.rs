@@ -19,8 +19,8 @@ pub struct EvalArgs {
     /// Task directory, e.g. `models/domain`.
     #[arg(long)]
     pub model: PathBuf,
-    /// Datasets root or the task's data folder (not needed with --text).
-    #[arg(long, required_unless_present = "text")]
+    /// Datasets root or the task's data folder (not needed with --text or --labelled).
+    #[arg(long, required_unless_present_any = ["text", "labelled"])]
     pub data: Option<PathBuf>,
     /// Score every example of the file, not only the validation split
     /// recorded in task.json (seed, fraction, subset).
@@ -33,6 +33,10 @@ pub struct EvalArgs {
     /// instead of the proxy labels of the validation split.
     #[arg(long, conflicts_with_all = ["all", "text"])]
     pub checked: Option<PathBuf>,
+    /// Score hand-written labelled texts from this file (`label<TAB>text`
+    /// per line, `#` comments), e.g. `models/domain/probe-prompts.tsv`.
+    #[arg(long, conflicts_with_all = ["all", "text", "checked"])]
+    pub labelled: Option<PathBuf>,
     /// Print a seeded sheet of this many validation examples per label
     /// (`key<TAB>proxy<TAB>text`) for checking by hand, and exit.
     #[arg(long, conflicts_with_all = ["all", "text", "checked"])]
@@ -54,6 +58,11 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     if crate::training::token_data::is_token_task(&args.task) {
+        anyhow::ensure!(
+            args.labelled.is_none() && args.checked.is_none() && args.checking_sheet.is_none(),
+            "--labelled, --checked and --checking-sheet are for sequence tasks, not `{}`",
+            args.task
+        );
         return crate::training::token::eval_cli(&args);
     }
     let (base_dir, _) = resolve_base(&args.base_model)?;
@@ -100,6 +109,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
                     r["text"].as_str().unwrap_or_default()
                 );
             }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(path) = &args.labelled {
+        anyhow::ensure!(
+            task.files.spec.kind == crate::sidecar::tasks::TaskKind::Sequence,
+            "--labelled scores single texts: `{}` is not a sequence task",
+            args.task
+        );
+        let report = score_labelled(&task, path)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!("{} on {}:\n", args.task, path.display());
+            println!("{}", report.to_markdown());
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -168,4 +192,40 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         println!("{}", scored.to_markdown());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Scores `label<TAB>text` lines; an unknown label is an error naming the line.
+fn score_labelled(
+    task: &evaluate::LoadedTask,
+    path: &std::path::Path,
+) -> anyhow::Result<crate::training::metrics::Report> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let labels = task.labels();
+    let mut gold = Vec::new();
+    let mut texts = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (label, t) = line
+            .split_once('\t')
+            .with_context(|| format!("{}:{}: expected `label<TAB>text`", path.display(), n + 1))?;
+        let l = labels.iter().position(|x| x == label).with_context(|| {
+            format!(
+                "{}:{}: `{label}` is not a label of the task ({})",
+                path.display(),
+                n + 1,
+                labels.join(", ")
+            )
+        })?;
+        gold.push(l);
+        texts.push(t);
+    }
+    anyhow::ensure!(!texts.is_empty(), "{}: no labelled lines", path.display());
+    let mut c = crate::training::metrics::Confusion::new(labels.to_vec());
+    for (g, (p, _)) in gold.into_iter().zip(task.predict(&texts, 32)?) {
+        c.add(g, p);
+    }
+    Ok(c.report())
 }
