@@ -239,6 +239,24 @@ fn encoder_flops(rows: usize, len: usize) -> f64 {
     l * (2.0 * t * (4.0 * h * h + 2.0 * h * i) + 4.0 * rows as f64 * (len * len) as f64 * h)
 }
 
+/// `texts` tokenized into one batch that wants the embedding and `tasks`.
+fn encode_batch(tok: &Tokenization, texts: &[String], tasks: &[usize]) -> anyhow::Result<Batch> {
+    let encs: Vec<_> = texts
+        .iter()
+        .map(|t| tok.encode(t))
+        .collect::<Result<_, _>>()?;
+    Ok(Batch::from_rows(encs.iter().map(|e| {
+        (
+            &e.ids[..],
+            &e.type_ids[..],
+            Wants {
+                embedding: true,
+                tasks: tasks.to_vec(),
+            },
+        )
+    })))
+}
+
 /// Embedding-only forward pass of the candle backend, fastest of N.
 fn forward() -> anyhow::Result<()> {
     let base = base_dir();
@@ -248,20 +266,7 @@ fn forward() -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|");
     for (pname, texts) in [("~30 tok", prompts(30, 32)), ("~128 tok", prompts(128, 32))] {
         for bs in [1usize, 8, 32] {
-            let encs: Vec<_> = texts[..bs]
-                .iter()
-                .map(|t| tok.encode(t))
-                .collect::<Result<_, _>>()?;
-            let batch = Batch::from_rows(encs.iter().map(|e| {
-                (
-                    &e.ids[..],
-                    &e.type_ids[..],
-                    Wants {
-                        embedding: true,
-                        tasks: vec![],
-                    },
-                )
-            }));
+            let batch = encode_batch(&tok, &texts[..bs], &[])?;
             let reps = if bs == 32 { 5 } else { 20 };
             let (t, _) = time_pair(&backend, &batch, &batch, reps)?;
             println!(
@@ -353,22 +358,6 @@ fn time_tasks(
     let all: Vec<usize> = (0..files.len()).collect();
     for (pname, texts) in [("~30 tok", prompts(30, 32)), ("~128 tok", prompts(128, 32))] {
         for bs in [1usize, 8, 32] {
-            let encs: Vec<_> = texts[..bs]
-                .iter()
-                .map(|t| tok.encode(t))
-                .collect::<Result<_, _>>()?;
-            let mk = |tasks: &Vec<usize>| {
-                Batch::from_rows(encs.iter().map(|e| {
-                    (
-                        &e.ids[..],
-                        &e.type_ids[..],
-                        Wants {
-                            embedding: true,
-                            tasks: tasks.clone(),
-                        },
-                    )
-                }))
-            };
             let reps = if bs == 32 {
                 5
             } else if bs == 8 {
@@ -376,7 +365,12 @@ fn time_tasks(
             } else {
                 41
             };
-            let (only, multi) = time_pair(&backend, &mk(&vec![]), &mk(&all), reps)?;
+            let (only, multi) = time_pair(
+                &backend,
+                &encode_batch(tok, &texts[..bs], &[])?,
+                &encode_batch(tok, &texts[..bs], &all)?,
+                reps,
+            )?;
             println!(
                 "| {layout} | {pname} | {bs} | {:.2} | {:.2} | {:.2}x |",
                 only * 1e3,
