@@ -22,15 +22,9 @@ const FABRICATED: &str = "It was completed in 1920 by Napoleon.";
 
 #[test]
 fn hallucination_task_and_card_declare_the_labels() {
-    let dir = repo_root().join("models/hallucination");
-    let spec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("task.json"))
-            .expect("models/hallucination/task.json is missing: the head is not shipped"),
-    )
-    .unwrap();
+    let (spec, card) = shipped_task("hallucination");
     assert_eq!(spec["kind"], "pair_token");
     assert_eq!(spec["labels"], serde_json::json!(LABELS));
-    let card = std::fs::read_to_string(dir.join("model-card.md")).unwrap();
     assert!(
         card.contains("* labels (task.json order): supported, hallucinated"),
         "model-card.md does not list the labels in task.json order"

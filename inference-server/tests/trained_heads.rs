@@ -153,10 +153,7 @@ async fn shipped_heads_label_the_specified_prompts() {
 /// The jailbreak head's label order is part of the router's contract.
 #[test]
 fn jailbreak_labels_are_benign_then_jailbreak() {
-    let spec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("models/jailbreak/task.json")).unwrap(),
-    )
-    .unwrap();
+    let (spec, _) = shipped_task("jailbreak");
     assert_eq!(spec["labels"], serde_json::json!(["benign", "jailbreak"]));
     assert_eq!(spec["kind"], "sequence");
 }

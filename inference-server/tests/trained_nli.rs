@@ -22,15 +22,9 @@ fn expected() -> &'static [(&'static str, &'static str, &'static str)] {
 
 #[test]
 fn nli_task_and_card_declare_the_snli_labels() {
-    let dir = repo_root().join("models/nli");
-    let spec: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("task.json"))
-            .expect("models/nli/task.json is missing: the head is not shipped"),
-    )
-    .unwrap();
+    let (spec, card) = shipped_task("nli");
     assert_eq!(spec["kind"], "pair");
     assert_eq!(spec["labels"], serde_json::json!(LABELS));
-    let card = std::fs::read_to_string(dir.join("model-card.md")).unwrap();
     assert!(
         card.contains("* label list (task.json order): `entailment`, `neutral`, `contradiction`"),
         "model-card.md does not list the labels in task.json order"

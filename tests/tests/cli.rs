@@ -265,28 +265,30 @@ fn example_bootstrap_passes_envoy_validation() {
     assert!(ok, "envoy rejected envoy/envoy.yaml:\n{log}");
 }
 
+/// `vsr eval --task domain --model models/domain --labelled FILE [extra]`.
+fn eval_labelled(file: &str, extra: &[&str]) -> (bool, String, String) {
+    let root = paths::root();
+    let base = root.join("models/base/all-MiniLM-L6-v2");
+    let model = root.join("models/domain");
+    let mut args = vec![
+        "eval",
+        "--task",
+        "domain",
+        "--model",
+        model.to_str().unwrap(),
+        "--labelled",
+        file,
+    ];
+    args.extend_from_slice(extra);
+    vsr(&args, &[("VSR_BASE_MODEL", base.to_str().unwrap())])
+}
+
 /// `vsr eval --labelled` scores hand-written `label<TAB>text` lines with the shipped head
 /// (the domain probe) and names the line of a label the task does not have.
 #[test]
 fn eval_labelled_scores_the_domain_probe_and_names_bad_lines() {
-    let root = paths::root();
-    let base = root.join("models/base/all-MiniLM-L6-v2");
-    let env = [("VSR_BASE_MODEL", base.to_str().unwrap())];
-    let model = root.join("models/domain");
-    let probe = root.join("models/domain/probe-prompts.tsv");
-    let (ok, out, err) = vsr(
-        &[
-            "eval",
-            "--task",
-            "domain",
-            "--model",
-            model.to_str().unwrap(),
-            "--labelled",
-            probe.to_str().unwrap(),
-            "--json",
-        ],
-        &env,
-    );
+    let probe = paths::root().join("models/domain/probe-prompts.tsv");
+    let (ok, out, err) = eval_labelled(probe.to_str().unwrap(), &["--json"]);
     assert!(ok, "{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["examples"], 42, "{report}");
@@ -299,18 +301,7 @@ fn eval_labelled_scores_the_domain_probe_and_names_bad_lines() {
         "bad.tsv",
         "math\tWhat is 2 + 2?\nastrology\tWhat is my sign?\n",
     );
-    let (ok, _, err) = vsr(
-        &[
-            "eval",
-            "--task",
-            "domain",
-            "--model",
-            model.to_str().unwrap(),
-            "--labelled",
-            &bad,
-        ],
-        &env,
-    );
+    let (ok, _, err) = eval_labelled(&bad, &[]);
     assert!(!ok);
     assert!(
         err.contains("bad.tsv:2: `astrology` is not a label of the task"),

@@ -39,7 +39,7 @@ pub struct EvalArgs {
     pub labelled: Option<PathBuf>,
     /// Print a seeded sheet of this many validation examples per label
     /// (`key<TAB>proxy<TAB>text`) for checking by hand, and exit.
-    #[arg(long, conflicts_with_all = ["all", "text", "checked"])]
+    #[arg(long, conflicts_with_all = ["all", "text", "checked", "labelled"])]
     pub checking_sheet: Option<usize>,
     /// With --checking-sheet: only examples from origins starting with
     /// these names (e.g. `GoEmotions`), comma-separated.

@@ -987,6 +987,20 @@ pub struct TokenCard<'a> {
     pub command: &'a str,
 }
 
+/// `* trained: ...` of a token card: the LoRA layout, the per-token head and `loss`.
+fn trained_line(s: &mut String, cfg: &TrainConfig, loss: &str) {
+    let _ = writeln!(
+        s,
+        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), {} over every token; \
+         loss: {loss}",
+        cfg.lora_rank,
+        cfg.lora_alpha,
+        cfg.lora_targets.join(", "),
+        cfg.top_layers,
+        card::head_text(cfg)
+    );
+}
+
 pub fn render_card(c: &TokenCard) -> String {
     let (cfg, o) = (c.cfg, c.outcome);
     let mut s = String::new();
@@ -1025,15 +1039,10 @@ pub fn render_card(c: &TokenCard) -> String {
     );
     let _ = writeln!(s, "\n## Model\n");
     card::base_line(&mut s, c.base_model, c.base_sha256);
-    let _ = writeln!(
-        s,
-        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), {} over every token; \
-         loss: cross-entropy over real tokens (not [CLS]/[SEP])",
-        cfg.lora_rank,
-        cfg.lora_alpha,
-        cfg.lora_targets.join(", "),
-        cfg.top_layers,
-        card::head_text(cfg)
+    trained_line(
+        &mut s,
+        cfg,
+        "cross-entropy over real tokens (not [CLS]/[SEP])",
     );
     card::hyper_line(
         &mut s,
@@ -1151,16 +1160,11 @@ pub fn render_pair_card(c: &PairTokenCard) -> String {
          long first text is covered by windows overlapping by half (training: every window is a row; \
          serving and the metrics below: per-token softmax averaged over the windows)"
     );
-    let _ = writeln!(
-        s,
-        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), {} over every token; \
-         loss: cross-entropy over the answer's tokens only (not [CLS]/[SEP], not the first text), \
+    trained_line(
+        &mut s,
+        cfg,
+        "cross-entropy over the answer's tokens only (not [CLS]/[SEP], not the first text), \
          the positive label's tokens weighted sqrt(#negative / #positive training tokens)",
-        cfg.lora_rank,
-        cfg.lora_alpha,
-        cfg.lora_targets.join(", "),
-        cfg.top_layers,
-        card::head_text(cfg)
     );
     card::hyper_line(
         &mut s,

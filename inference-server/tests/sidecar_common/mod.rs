@@ -18,6 +18,17 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A shipped head's `task.json` (parsed) and `model-card.md`; a missing head
+/// FAILS (never skips).
+pub fn shipped_task(task: &str) -> (serde_json::Value, String) {
+    let dir = repo_root().join("models").join(task);
+    let spec = std::fs::read_to_string(dir.join("task.json"))
+        .unwrap_or_else(|_| panic!("models/{task}/task.json is missing: the head is not shipped"));
+    let card = std::fs::read_to_string(dir.join("model-card.md"))
+        .unwrap_or_else(|_| panic!("models/{task}/model-card.md is missing"));
+    (serde_json::from_str(&spec).unwrap(), card)
+}
+
 /// The base model directory; a missing model FAILS (never skips).
 pub fn base_model() -> PathBuf {
     let dir = repo_root().join("models/base/all-MiniLM-L6-v2");
