@@ -45,6 +45,10 @@ pub struct EvalArgs {
     /// these names (e.g. `GoEmotions`), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub origins: Vec<String>,
+    /// Token tasks: also print up to this many scored texts whose served
+    /// spans differ from the gold ones (`-` missed gold, `+` extra prediction).
+    #[arg(long, default_value_t = 0)]
+    pub errors: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -1433,6 +1433,9 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let (head, served) = task.score(&data, &indices, 32)?;
+    if args.errors > 0 {
+        print_errors(&task, &data, &indices, args.errors)?;
+    }
     if args.json {
         println!(
             "{}",
@@ -1452,6 +1455,44 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints up to `limit` texts whose served spans differ from the gold spans
+/// (to stderr, so `--json` output stays machine-readable).
+fn print_errors(
+    task: &LoadedTokenTask,
+    data: &TokenDataset,
+    indices: &[usize],
+    limit: usize,
+) -> anyhow::Result<()> {
+    let texts: Vec<&str> = indices
+        .iter()
+        .map(|&i| data.examples[i].text.as_str())
+        .collect();
+    let mut shown = 0;
+    for (&i, (_, served)) in indices.iter().zip(task.entities(&texts, 32)?) {
+        let ex = &data.examples[i];
+        let predicted = spans_of(&served);
+        let gold = gold_of(ex.gold.iter());
+        let missed: Vec<_> = gold.iter().filter(|g| !predicted.contains(g)).collect();
+        let extra: Vec<_> = predicted.iter().filter(|p| !gold.contains(p)).collect();
+        if missed.is_empty() && extra.is_empty() {
+            continue;
+        }
+        eprintln!("{:?}", ex.text);
+        let piece = |s: usize, e: usize| ex.text.get(s..e).unwrap_or("?");
+        for (s, e, kind) in missed {
+            eprintln!("  - {kind}\t{:?}", piece(*s, *e));
+        }
+        for (s, e, kind) in extra {
+            eprintln!("  + {kind}\t{:?}", piece(*s, *e));
+        }
+        shown += 1;
+        if shown >= limit {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

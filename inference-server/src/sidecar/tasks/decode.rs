@@ -148,7 +148,117 @@ pub fn token_entities(
     text: &str,
 ) -> Vec<Entity> {
     let probs: Vec<Vec<f32>> = logits.chunks_exact(num_labels).map(softmax).collect();
-    entities(&token_labels(labels, &probs, offsets, text), text)
+    let mut tokens = token_labels(labels, &probs, offsets, text);
+    let rows: Vec<&Vec<f32>> = probs
+        .iter()
+        .zip(offsets)
+        .filter_map(|(p, off)| off.map(|_| p))
+        .collect();
+    constrain_bio(labels, &rows, &mut tokens, text);
+    join_adjacent(entities(&tokens, text), text)
+}
+
+/// Joins spans of one type separated only by spaces or tabs: the head
+/// often opens a second `B-` inside a multi-word name ("Maja S" +
+/// "Hermansen"), while two distinct entities of one type with nothing but
+/// a space between them are rare in text. A line break still separates.
+fn join_adjacent(spans: Vec<Entity>, text: &str) -> Vec<Entity> {
+    let mut out: Vec<(Entity, usize)> = Vec::with_capacity(spans.len());
+    for e in spans {
+        if let Some((last, n)) = out.last_mut() {
+            let gap = text.get(last.byte_end..e.byte_start);
+            if last.kind == e.kind
+                && gap.is_some_and(|g| !g.is_empty() && g.chars().all(|c| c == ' ' || c == '\t'))
+            {
+                last.end = e.end;
+                last.byte_end = e.byte_end;
+                last.score = (last.score * *n as f32 + e.score) / (*n + 1) as f32;
+                *n += 1;
+                continue;
+            }
+        }
+        out.push((e, 1));
+    }
+    out.into_iter().map(|(e, _)| e).collect()
+}
+
+/// Relabels the first piece of every word with the most probable tag
+/// sequence in which `I-X` only follows `B-X` or `I-X` (Viterbi over
+/// log-probabilities). Per-word argmax breaks one entity into pieces of
+/// different types ("Ella H. Snider" → PERSON, ORGANIZATION, PERSON) or
+/// opens spans on a stray `I-`; the constraint makes the type of a span one
+/// decision. `rows[i]` are the probabilities of `tokens[i]`. Label sets
+/// without `I-` tags are left as they are.
+fn constrain_bio(labels: &[String], rows: &[&Vec<f32>], tokens: &mut [TokenLabel], text: &str) {
+    // `inside[j] = Some(k)`: label `j` is `I-X` and label `k` is `B-X`.
+    let inside: Vec<Option<usize>> = labels
+        .iter()
+        .map(|l| {
+            let t = l.strip_prefix("I-")?;
+            labels.iter().position(|b| b.strip_prefix("B-") == Some(t))
+        })
+        .collect();
+    if inside.iter().all(Option::is_none) {
+        return;
+    }
+    let allowed = |from: Option<usize>, to: usize| match inside[to] {
+        None => true,
+        Some(b) => from.is_some_and(|f| f == b || f == to),
+    };
+    let mut prev_end: Option<usize> = None;
+    let words: Vec<usize> = (0..tokens.len())
+        .filter(|&i| {
+            let t = &tokens[i];
+            let continues = prev_end == Some(t.byte_start) && inside_word(text, t.byte_start);
+            prev_end = Some(t.byte_end);
+            !continues
+        })
+        .collect();
+    let n = labels.len();
+    let log = |i: usize, j: usize| {
+        rows[i]
+            .get(j)
+            .map_or(f32::NEG_INFINITY, |p| p.max(1e-12).ln())
+    };
+    let mut score: Vec<f32> = Vec::with_capacity(n);
+    let mut back: Vec<Vec<usize>> = Vec::with_capacity(words.len());
+    for (w, &i) in words.iter().enumerate() {
+        let mut next = vec![f32::NEG_INFINITY; n];
+        let mut from = vec![0; n];
+        for (j, slot) in next.iter_mut().enumerate() {
+            if w == 0 {
+                if allowed(None, j) {
+                    *slot = log(i, j);
+                }
+                continue;
+            }
+            for (k, &s) in score.iter().enumerate() {
+                if s > f32::NEG_INFINITY && allowed(Some(k), j) && s + log(i, j) > *slot {
+                    *slot = s + log(i, j);
+                    from[j] = k;
+                }
+            }
+        }
+        score = next;
+        back.push(from);
+    }
+    let Some(mut j) = score
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_finite())
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(j, _)| j)
+    else {
+        return;
+    };
+    for w in (0..words.len()).rev() {
+        let i = words[w];
+        if let Some(label) = labels.get(j) {
+            tokens[i].label = label.clone();
+            tokens[i].score = rows[i].get(j).copied().unwrap_or(0.0);
+        }
+        j = back[w][j];
+    }
 }
 
 /// Labelled tokens → entity spans: `B-X` starts a span, `I-X`/`X` continues
@@ -290,6 +400,78 @@ mod tests {
         let text = "Ann Bob";
         let toks = vec![tl(0, 3, "B-NAME", text), tl(4, 7, "B-NAME", text)];
         assert_eq!(entities(&toks, text).len(), 2);
+    }
+
+    /// Logits that give `label` most of the mass (and `second` the rest).
+    fn row(labels: &[String], label: &str, second: &str, p: f32) -> Vec<f32> {
+        labels
+            .iter()
+            .map(|l| {
+                if l == label {
+                    p.ln()
+                } else if l == second {
+                    (1.0 - p).ln()
+                } else {
+                    -30.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn constrained_decoding_keeps_one_type_per_span() {
+        let labels: Vec<String> = ["O", "B-PERSON", "I-PERSON", "B-ORG", "I-ORG"]
+            .map(String::from)
+            .to_vec();
+        // "Ella H. Snider": the "." leans to I-ORG, which may not follow
+        // I-PERSON; the constrained path keeps one PERSON span.
+        let text = "Ella H. Snider";
+        let offsets = [
+            None,
+            Some((0, 4)),
+            Some((5, 6)),
+            Some((6, 7)),
+            Some((8, 14)),
+            None,
+        ];
+        let logits: Vec<f32> = [
+            row(&labels, "O", "B-PERSON", 0.9),
+            row(&labels, "B-PERSON", "O", 0.9),
+            row(&labels, "I-PERSON", "O", 0.8),
+            row(&labels, "I-ORG", "I-PERSON", 0.6),
+            row(&labels, "I-PERSON", "O", 0.8),
+            row(&labels, "O", "B-PERSON", 0.9),
+        ]
+        .concat();
+        let es = token_entities(&labels, &logits, labels.len(), &offsets, text);
+        let got: Vec<_> = es
+            .iter()
+            .map(|e| (&text[e.byte_start..e.byte_end], e.kind.as_str()))
+            .collect();
+        assert_eq!(got, [("Ella H. Snider", "PERSON")]);
+        // Plain argmax would have split it.
+        let probs: Vec<Vec<f32>> = logits.chunks_exact(labels.len()).map(softmax).collect();
+        assert_eq!(
+            entities(&token_labels(&labels, &probs, &offsets, text), text).len(),
+            3
+        );
+    }
+
+    #[test]
+    fn second_begin_on_one_line_joins_but_a_line_break_separates() {
+        let labels: Vec<String> = ["O", "B-PERSON", "I-PERSON"].map(String::from).to_vec();
+        let text = "Maja S Hermansen\nAnn";
+        let offsets = [Some((0, 4)), Some((5, 6)), Some((7, 16)), Some((17, 20))];
+        let logits: Vec<f32> = [
+            row(&labels, "B-PERSON", "O", 0.9),
+            row(&labels, "I-PERSON", "O", 0.9),
+            row(&labels, "B-PERSON", "I-PERSON", 0.6),
+            row(&labels, "B-PERSON", "O", 0.9),
+        ]
+        .concat();
+        let es = token_entities(&labels, &logits, labels.len(), &offsets, text);
+        let got: Vec<_> = es.iter().map(|e| &text[e.byte_start..e.byte_end]).collect();
+        assert_eq!(got, ["Maja S Hermansen", "Ann"]);
     }
 
     #[test]

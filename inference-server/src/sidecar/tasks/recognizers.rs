@@ -23,50 +23,57 @@ pub struct PatternSpan {
 struct Recognizer {
     entity_type: &'static str,
     pattern: &'static str,
-    /// Checks a candidate match; returns its score, or None to drop it.
-    validate: fn(&str) -> Option<f32>,
+    /// Checks a candidate match (given the text of its line before it, for
+    /// context words); returns its score, or None to drop it.
+    validate: fn(&str, &str) -> Option<f32>,
 }
 
 const RECOGNIZERS: [Recognizer; 10] = [
     Recognizer {
         entity_type: "EMAIL_ADDRESS",
         pattern: r"(?i)\b[a-z0-9._%+-]+@(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}\b",
-        validate: |_| Some(1.0),
+        validate: |_, _| Some(1.0),
     },
     Recognizer {
+        // A scheme, or a host written the way people write web addresses.
         entity_type: "URL",
-        pattern: r"(?i)\bhttps?://[^\s<>()\[\]]+[^\s<>()\[\].,;:!?'\x22]",
-        validate: |_| Some(0.9),
+        pattern: r"(?i)\b(?:https?://|www\.)[^\s<>()\[\]]+[^\s<>()\[\].,;:!?'\x22]",
+        validate: |_, _| Some(0.9),
     },
     Recognizer {
         entity_type: "CREDIT_CARD",
-        pattern: r"\b(?:\d[ -]?){12,18}\d\b",
-        validate: credit_card,
+        pattern: r"\b(?:\d[ -]?){11,18}\d\b",
+        validate: |s, _| credit_card(s),
     },
     Recognizer {
+        // Compact or in groups of four; people write IBANs in lower case
+        // too (mod-97 does not care). Groups keep a following word out.
         entity_type: "IBAN_CODE",
-        pattern: r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
-        validate: iban,
+        pattern: r"(?i)\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+        validate: |s, _| iban(s),
     },
     Recognizer {
         entity_type: "US_SSN",
         pattern: r"\b\d{3}([- ]?)\d{2}([- ]?)\d{4}\b",
-        validate: ssn,
+        validate: |s, _| ssn(s),
     },
     Recognizer {
+        // Optional country code and area code in parentheses, digit groups,
+        // an optional extension ("x769", "ext. 12"); or one bare run of
+        // digits, which `phone` accepts only after a context word.
         entity_type: "PHONE_NUMBER",
-        pattern: r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,6}){1,4}\b",
+        pattern: r"(?i)(?:(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,8}){1,4}|\b\d{7,12})(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b",
         validate: phone,
     },
     Recognizer {
         entity_type: "IP_ADDRESS",
         pattern: r"\b(?:\d{1,3}\.){3}\d{1,3}\b",
-        validate: |s| s.parse::<Ipv4Addr>().ok().map(|_| 1.0),
+        validate: |s, _| s.parse::<Ipv4Addr>().ok().map(|_| 1.0),
     },
     Recognizer {
         entity_type: "IP_ADDRESS",
         pattern: r"(?i)(?:[0-9a-f]{0,4}:){2,7}[0-9a-f]{0,4}",
-        validate: |s| {
+        validate: |s, _| {
             (s.contains("::") || s.matches(':').count() == 7)
                 .then_some(())
                 .and_then(|_| s.parse::<Ipv6Addr>().ok())
@@ -76,12 +83,12 @@ const RECOGNIZERS: [Recognizer; 10] = [
     Recognizer {
         entity_type: "MAC_ADDRESS",
         pattern: r"(?i)\b(?:[0-9a-f]{2}(?::[0-9a-f]{2}){5}|[0-9a-f]{2}(?:-[0-9a-f]{2}){5})\b",
-        validate: |_| Some(1.0),
+        validate: |_, _| Some(1.0),
     },
     Recognizer {
         entity_type: "DOMAIN_NAME",
-        pattern: r"(?i)\b(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:com|org|net|edu|gov|io|ai|dev|app|info|biz|co|uk|de|fr|es|it|nl|eu|us|ca|au|jp|cn|in|br|ru|ch|se|no|dk|fi|pl|be|at|ie|nz)\b",
-        validate: |_| Some(0.6),
+        pattern: r"(?i)\b(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+(?:com|org|net|edu|gov|io|ai|dev|app|info|biz|co|uk|de|fr|es|it|nl|eu|us|ca|au|jp|cn|in|br|ru|ch|se|no|dk|fi|pl|be|at|ie|nz|pt|gr|cz|sk|hu|ro|bg|hr|si|ee|lv|lt|lu|is|gl|cy|mt|tr|il|ua|mx|ar|cl|za|kr|tw|hk|sg)\b",
+        validate: |_, _| Some(0.6),
     },
 ];
 
@@ -101,7 +108,8 @@ pub fn recognize(text: &str) -> Vec<PatternSpan> {
     let mut found: Vec<PatternSpan> = Vec::new();
     for (re, r) in compiled() {
         for m in re.find_iter(text) {
-            if let Some(score) = (r.validate)(m.as_str()) {
+            let line_start = text[..m.start()].rfind('\n').map_or(0, |i| i + 1);
+            if let Some(score) = (r.validate)(m.as_str(), &text[line_start..m.start()]) {
                 found.push(PatternSpan {
                     entity_type: r.entity_type,
                     byte_start: m.start(),
@@ -142,10 +150,16 @@ fn digits(s: &str) -> Vec<u32> {
     s.chars().filter_map(|c| c.to_digit(10)).collect()
 }
 
-/// Luhn checksum over 13–19 digits, with a known issuer prefix.
+/// Luhn checksum over 12–19 digits, with a known issuer prefix (12 digits
+/// only for Maestro, whose numbers start 50 or 56–69).
 fn credit_card(s: &str) -> Option<f32> {
     let d = digits(s);
-    if !(13..=19).contains(&d.len()) {
+    if !(12..=19).contains(&d.len()) {
+        return None;
+    }
+    let prefix2 = d[0] * 10 + d[1];
+    let maestro = prefix2 == 50 || (56..=69).contains(&prefix2);
+    if d.len() == 12 && !maestro {
         return None;
     }
     let sum: u32 = d
@@ -167,14 +181,14 @@ fn credit_card(s: &str) -> Option<f32> {
     if !sum.is_multiple_of(10) {
         return None;
     }
-    let prefix2 = d[0] * 10 + d[1];
     let prefix4 = prefix2 * 100 + d[2] * 10 + d[3];
     let known = d[0] == 4 // Visa
         || (51..=55).contains(&prefix2) || (2221..=2720).contains(&prefix4) // Mastercard
         || prefix2 == 34 || prefix2 == 37 // Amex
         || prefix4 == 6011 || prefix2 == 65 // Discover
         || (3528..=3589).contains(&prefix4) // JCB
-        || prefix2 == 36 || prefix2 == 38 || (300..=305).contains(&(prefix4 / 10)); // Diners
+        || prefix2 == 36 || prefix2 == 38 || (300..=305).contains(&(prefix4 / 10)) // Diners
+        || maestro;
     Some(if known { 1.0 } else { 0.7 })
 }
 
@@ -217,17 +231,36 @@ fn ssn(s: &str) -> Option<f32> {
     Some(if separators.is_empty() { 0.5 } else { 1.0 })
 }
 
-/// E.164 allows at most 15 digits; fewer than 7 is not a dialable number.
-fn phone(s: &str) -> Option<f32> {
-    let n = digits(s).len();
+/// Words that announce a phone number on the same line ("Mobile: ...").
+const PHONE_CONTEXT: [&str; 8] = [
+    "phone", "mobile", "cell", "tel", "fax", "desk", "call", "whatsapp",
+];
+
+/// E.164 allows at most 15 digits (the extension aside); fewer than 7 is
+/// not a dialable number. Without a `+` or at least ten grouped digits a
+/// candidate is a phone number only after a context word on its line, as
+/// presidio's context enhancement does: "Mobile: 723 813 266", "Desk:
+/// 5403926876".
+fn phone(s: &str, before: &str) -> Option<f32> {
+    let lower = s.to_ascii_lowercase();
+    let number = lower
+        .find(['x', 'e'])
+        .map_or(lower.as_str(), |i| &lower[..i]);
+    let n = digits(number).len();
     if !(7..=15).contains(&n) {
         return None;
     }
-    let international = s.starts_with('+');
-    let grouped = s.contains(['-', ' ', '.', '(']);
+    let international = number.starts_with('+');
+    let grouped = number.trim_end().contains(['-', ' ', '.', '(']);
+    let context = {
+        let from = before.char_indices().rev().nth(29).map_or(0, |(i, _)| i);
+        let near = before[from..].to_lowercase();
+        PHONE_CONTEXT.iter().any(|w| near.contains(w))
+    };
     match (international, grouped) {
         (true, _) => Some(0.9),
         (false, true) if n >= 10 => Some(0.75),
+        _ if context => Some(0.7),
         _ => None,
     }
 }
@@ -278,6 +311,9 @@ mod tests {
         );
         finds("amex 3782-822463-10005", "CREDIT_CARD", "3782-822463-10005");
         finds("mc 5555555555554444.", "CREDIT_CARD", "5555555555554444");
+        // Twelve digits only for Maestro.
+        finds("cc 503802053770 on file", "CREDIT_CARD", "503802053770");
+        misses("ref 411111111113 on file", "CREDIT_CARD");
         misses("card 4111 1111 1111 1112", "CREDIT_CARD");
         misses("order 1234567890123", "CREDIT_CARD");
     }
@@ -310,6 +346,11 @@ mod tests {
             "IBAN_CODE",
             "GB82WEST12345698765432",
         );
+        finds(
+            "my iban is gb82west12345698765432",
+            "IBAN_CODE",
+            "gb82west12345698765432",
+        );
         misses("DE89 3704 0044 0532 0130 01", "IBAN_CODE");
         misses("XX00 0000 0000 0000", "IBAN_CODE");
     }
@@ -324,6 +365,27 @@ mod tests {
         finds("tel +44 20 7946 0958", "PHONE_NUMBER", "+44 20 7946 0958");
         finds("office (415) 555-0132", "PHONE_NUMBER", "(415) 555-0132");
         finds("ruf +49 30 901820", "PHONE_NUMBER", "+49 30 901820");
+        finds(
+            "Desk: +1-903-140-4508x769",
+            "PHONE_NUMBER",
+            "+1-903-140-4508x769",
+        );
+        finds(
+            "Fax: 259.735.7502 ext. 45",
+            "PHONE_NUMBER",
+            "259.735.7502 ext. 45",
+        );
+        finds(
+            "Desk: (898)666-3621x0135",
+            "PHONE_NUMBER",
+            "(898)666-3621x0135",
+        );
+        finds("Mobile: 0341 8387176", "PHONE_NUMBER", "0341 8387176");
+        // Short or bare numbers need a context word on their line.
+        finds("Mobile: 723 813 266", "PHONE_NUMBER", "723 813 266");
+        finds("Desk: 5403926876", "PHONE_NUMBER", "5403926876");
+        misses("order 5403926876 shipped", "PHONE_NUMBER");
+        misses("Mobile: yes\nwe sold 723 813 266 units", "PHONE_NUMBER");
         misses("in 2024 we sold 12 units", "PHONE_NUMBER");
         misses("version 1.2.3", "PHONE_NUMBER");
     }
@@ -364,6 +426,17 @@ mod tests {
             "shop.example.org",
         );
         misses("file report.pdf and main.rs", "DOMAIN_NAME");
+        finds(
+            "My website is www.jobeconomics.hu",
+            "URL",
+            "www.jobeconomics.hu",
+        );
+        finds("shared at www.example.com.ee.", "URL", "www.example.com.ee");
+        finds(
+            "visit nameimpressions.gl today",
+            "DOMAIN_NAME",
+            "nameimpressions.gl",
+        );
     }
 
     #[test]
