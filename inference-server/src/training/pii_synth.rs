@@ -77,6 +77,27 @@ fn lines(dir: &Path, file: &str, header: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Template lines write line breaks as `\n` (and escape a few characters
+/// with `\`), as presidio's generator reads them: `\n` becomes a line
+/// break, `\t` a tab, `\X` the character X.
+fn unescape(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 impl Material {
     /// Reads the raw-material folder (`RAW_DIR` under the `pii` folder).
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
@@ -84,7 +105,7 @@ impl Material {
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
-            .map(str::to_string)
+            .map(unescape)
             .collect();
         let people_rows =
             super::csv::parse_with_header(&read(dir, "FakeNameGenerator.com_3000.csv")?, ',')?;
@@ -626,6 +647,14 @@ mod tests {
             nationalities: vec![("Algerian".into(), "Algerian".into(), "Algerians".into())],
             licenses: vec!["S530-460-99-424-0".into()],
         }
+    }
+
+    #[test]
+    fn template_escapes_become_characters() {
+        assert_eq!(
+            unescape(r"{{person}}\n{{city}}\, ok\tx \\"),
+            "{{person}}\n{{city}}, ok\tx \\"
+        );
     }
 
     #[test]

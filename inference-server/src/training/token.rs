@@ -1066,7 +1066,9 @@ pub fn render_card(c: &TokenCard) -> String {
     let _ = writeln!(
         s,
         "\n## Validation metrics\n\nComputed after saving, by loading this directory through `CandleBackend` \
-         (inputs up to {} tokens, as served). Strict: same type and the same character offsets; \
+         (inputs up to {} tokens, as served; spans decoded as `sidecar/tasks/decode.rs` does: the \
+         most probable BIO-consistent tag path over each word's first piece, then spans of one \
+         type split only by spaces joined). Strict: same type and the same character offsets; \
          overlap: same type and overlapping offsets (one prediction per gold span).\n",
         c.eval_max_tokens
     );

@@ -151,6 +151,40 @@ fn char_to_byte(text: &str) -> Vec<usize> {
         .collect()
 }
 
+/// UTF-8 punctuation that some presidio records carry decoded as
+/// Windows-1255 ("ג€“" for "–"), and its repair.
+const MOJIBAKE: [(&str, char); 1] = [("ג€“", '–')];
+
+/// Repairs [`MOJIBAKE`] in `text`; returns the repaired text and, for
+/// every character index of `text` (and its end), the index of the same
+/// position in the repaired text, so that span offsets follow.
+fn repair_mojibake(text: &str) -> (String, Vec<usize>) {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut map = Vec::with_capacity(chars.len() + 1);
+    let mut new_index = 0;
+    let mut i = 0;
+    'scan: while i < chars.len() {
+        for (bad, good) in MOJIBAKE {
+            let n = bad.chars().count();
+            if chars.len() - i >= n && chars[i..i + n].iter().copied().eq(bad.chars()) {
+                // Every old position inside the sequence maps to the repaired character.
+                map.extend(std::iter::repeat_n(new_index, n));
+                out.push(good);
+                new_index += 1;
+                i += n;
+                continue 'scan;
+            }
+        }
+        map.push(new_index);
+        out.push(chars[i]);
+        new_index += 1;
+        i += 1;
+    }
+    map.push(new_index);
+    (out, map)
+}
+
 /// Keeps the longest of overlapping spans (ties: the earlier one).
 fn drop_overlaps(mut spans: Vec<Span>) -> Vec<Span> {
     spans.sort_by(|a, b| {
@@ -230,6 +264,8 @@ fn load_presidio(path: &Path, short: &'static str) -> anyhow::Result<Vec<TokenEx
         if full.trim().is_empty() {
             continue;
         }
+        let (full, old_to_new) = repair_mojibake(full);
+        let full = full.as_str();
         let bytes = char_to_byte(full);
         let mut spans = Vec::new();
         for s in r["spans"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
@@ -240,12 +276,13 @@ fn load_presidio(path: &Path, short: &'static str) -> anyhow::Result<Vec<TokenEx
                 s["start_position"].as_u64().unwrap_or(0) as usize,
                 s["end_position"].as_u64().unwrap_or(0) as usize,
             );
-            if cs >= ce || ce >= bytes.len() {
+            if cs >= ce || ce >= old_to_new.len() {
                 bail!(
                     "{}: record {n}: span {cs}..{ce} outside the text",
                     path.display()
                 );
             }
+            let (cs, ce) = (old_to_new[cs], old_to_new[ce]);
             if let Some(sp) = trim(
                 full,
                 Span {
@@ -427,9 +464,11 @@ pub fn load(task: &str, data: &Path) -> anyhow::Result<TokenDataset> {
              e-mail, phone, card, IBAN, SSN, IP, domain, URL are left to the recognizers (O \
              for the model, gold for the served evaluation); CoNLL PER/person→PERSON, \
              LOC/location→GPE, ORG/corporation/group→ORGANIZATION, MISC/product/creative-work \
-             dropped; overlapping gold spans: the longest kept; {generated} sentences \
-             generated from presidio's templates ({PII_SYNTH_PER_TEMPLATE} per template, seed \
-             {PII_SYNTH_SEED}; `training/pii_synth.rs`): placeholders filled from its fake \
+             dropped; overlapping gold spans: the longest kept; presidio records' \
+             Windows-1255 mojibake \"ג€“\" repaired to \"–\" (offsets follow); {generated} \
+             sentences generated from presidio's templates ({PII_SYNTH_PER_TEMPLATE} per \
+             template, seed {PII_SYNTH_SEED}; `training/pii_synth.rs`; the templates' `\\n` \
+             escapes read as line breaks): placeholders filled from its fake \
              identities, organisations, nationalities and licences, and with Luhn-valid cards, \
              mod-97 IBANs and SSNs in the issued ranges; the sentences of one template share a \
              split group"
@@ -585,6 +624,16 @@ mod tests {
             .collect();
         assert_eq!(got, [("PERSON", "Jürgen Müller"), ("GPE", "Zürich")]);
         assert_eq!(ex[0].group, "p:3");
+    }
+
+    #[test]
+    fn mojibake_is_repaired_and_offsets_follow() {
+        let (text, map) = repair_mojibake("to Ann Lee ג€“ sadly");
+        assert_eq!(text, "to Ann Lee – sadly");
+        // "Ann Lee" keeps its offsets; "sadly" moves two characters left.
+        assert_eq!((map[3], map[10]), (3, 10));
+        assert_eq!((map[15], map[20]), (13, 18));
+        assert_eq!(map.len(), "to Ann Lee ג€“ sadly".chars().count() + 1);
     }
 
     #[test]
