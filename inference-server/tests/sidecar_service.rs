@@ -485,3 +485,89 @@ async fn health_reflection_metrics_and_http_classify() {
     }
     s.shutdown().await.unwrap();
 }
+
+/// A head with `with_embedding` reads the base sentence embedding (× √h)
+/// after the pooled branch output: with zero weights on the pooled half and
+/// two texts' embeddings as the rows of the other half, its logits are
+/// √h × cosine similarities, computed here from plain `Embed` calls.
+#[tokio::test]
+async fn a_head_reading_the_shared_embedding_gets_the_base_embedding() {
+    let anchors = [
+        "How do I compute the derivative of a polynomial?",
+        "What makes a contract legally binding?",
+    ];
+    let texts = [
+        "Integrate x squared from zero to one.",
+        "Can my landlord keep the deposit if I break the lease?",
+    ];
+    let plain = tempfile::tempdir().unwrap();
+    let s = start(config(plain.path())).await;
+    let mut c = client(&s).await;
+    let emb = c
+        .embed(pb::EmbedRequest {
+            texts: anchors
+                .iter()
+                .chain(&texts)
+                .map(|t| t.to_string())
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .embeddings
+        .into_iter()
+        .map(|e| e.values)
+        .collect::<Vec<_>>();
+    s.shutdown().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = random_task(
+        dir.path(),
+        "topic",
+        TaskKind::Sequence,
+        &["calculus", "law"],
+        1,
+        Some(4),
+    );
+    spec.pooling = inference_server::sidecar::tasks::Pooling::Cls;
+    spec.head.with_embedding = true;
+    let task = dir.path().join("topic");
+    let adapter = task.join(inference_server::sidecar::tasks::ADAPTER_FILE);
+    let mut tensors = candle_core::safetensors::load(&adapter, &candle_core::Device::Cpu).unwrap();
+    let rows: Vec<f32> = emb[..2]
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(0.0, 384).chain(e.iter().copied()))
+        .collect();
+    tensors.insert(
+        "head.out.weight".into(),
+        candle_core::Tensor::from_vec(rows, (2, 768), &candle_core::Device::Cpu).unwrap(),
+    );
+    inference_server::sidecar::tasks::write_task(&task, &spec, &tensors).unwrap();
+
+    let s = start(config(dir.path())).await;
+    let mut c = client(&s).await;
+    for (i, text) in texts.iter().enumerate() {
+        let resp = c
+            .classify(pb::ClassifyRequest {
+                text: text.to_string(),
+                tasks: vec!["topic".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let t = &emb[2 + i];
+        let margin = 384f32.sqrt() * (dot(t, &emb[0]) - dot(t, &emb[1]));
+        let p_calculus = 1.0 / (1.0 + (-margin).exp());
+        let r = seq(&resp.results[0]);
+        assert_eq!(r.label, ["calculus", "law"][i], "{text}: {r:?}");
+        let served = r.scores.iter().find(|s| s.label == "calculus").unwrap();
+        assert!(
+            (served.score - p_calculus).abs() < 1e-3,
+            "{text}: served {} vs {p_calculus} from the embeddings",
+            served.score
+        );
+    }
+    s.shutdown().await.unwrap();
+}

@@ -1,5 +1,6 @@
 //! The `vsr` commands as users run them: `init`, `validate` on broken configs, `render`,
-//! and `envoy --mode validate` on what `render` produces and on the example in `envoy/`.
+//! `envoy --mode validate` on what `render` produces and on the example in `envoy/`,
+//! `eval --labelled`, and a small `train` run.
 
 use std::path::Path;
 use std::process::Command;
@@ -307,4 +308,80 @@ fn eval_labelled_scores_the_domain_probe_and_names_bad_lines() {
         err.contains("bad.tsv:2: `astrology` is not a label of the task"),
         "{err}"
     );
+}
+
+/// `vsr train` on a small domain file written here: a second run with the same
+/// `--feature-cache` loads the frozen features instead of recomputing them and
+/// trains exactly the same weights (the run is deterministic and the cache
+/// holds what the first run computed); `--head-embedding` reaches `task.json`.
+#[test]
+fn train_reuses_cached_features_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = [
+        ("math", "Solve for x when {i}x + 3 equals {j}."),
+        (
+            "law",
+            "Is a contract signed by a {i}-year-old enforceable under clause {j}?",
+        ),
+        (
+            "biology",
+            "How many chromosomes does a cell of species {i} keep after mitosis {j}?",
+        ),
+        (
+            "economics",
+            "What happens to demand when the price rises by {i} percent in year {j}?",
+        ),
+    ];
+    let mut lines = String::new();
+    for (category, template) in topics {
+        for i in 2..14 {
+            let q = template
+                .replace("{i}", &i.to_string())
+                .replace("{j}", &(i * 7 + 1).to_string());
+            lines += &serde_json::json!({"question": q, "category": category}).to_string();
+            lines.push('\n');
+        }
+    }
+    std::fs::create_dir(dir.path().join("domain")).unwrap();
+    write(&dir.path().join("domain"), "mmlu_pro.jsonl", &lines);
+    let base = paths::root().join("models/base/all-MiniLM-L6-v2");
+    let cache = dir.path().join("features");
+    let train = |out: &str| {
+        let out = dir.path().join(out);
+        let (ok, _, err) = vsr(
+            &[
+                "train",
+                "--task",
+                "domain",
+                "--data",
+                dir.path().to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--epochs",
+                "2",
+                "--max-tokens",
+                "32",
+                "--head-embedding",
+                "--feature-cache",
+                cache.to_str().unwrap(),
+            ],
+            &[("VSR_BASE_MODEL", base.to_str().unwrap())],
+        );
+        assert!(ok, "{err}");
+        (out, err)
+    };
+    let (first, log) = train("first");
+    assert!(log.contains("frozen features saved to"), "{log}");
+    let (second, log) = train("second");
+    assert!(log.contains("frozen features from"), "{log}");
+    let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert!(
+        read(&first, "adapter.safetensors") == read(&second, "adapter.safetensors"),
+        "a run on cached features trained different weights"
+    );
+    let spec: serde_json::Value = serde_json::from_slice(&read(&second, "task.json")).unwrap();
+    assert_eq!(spec["head"]["with_embedding"], true, "{spec}");
+    let card = String::from_utf8(read(&second, "model-card.md")).unwrap();
+    assert!(card.contains("loaded from `--feature-cache`"), "{card}");
+    assert!(card.contains("shared sentence embedding"), "{card}");
 }

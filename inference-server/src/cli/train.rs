@@ -64,6 +64,15 @@ pub struct TrainArgs {
     /// none: a linear head.
     #[arg(long, value_delimiter = ',')]
     pub head_hidden: Vec<usize>,
+    /// Sequence tasks: the head also reads the shared sentence embedding
+    /// (the base encoder's mean pool, computed per request anyway).
+    #[arg(long)]
+    pub head_embedding: bool,
+    /// Sequence tasks: keep the frozen layers' features in this directory
+    /// and reuse them when a later run has the same data, base, token limit
+    /// and branch point (skips most of the training time).
+    #[arg(long)]
+    pub feature_cache: Option<PathBuf>,
     /// `domain` only: also train on the MMLU questions in `domain/mmlu/`
     /// (training only; the validation split stays MMLU-Pro's).
     #[arg(long)]
@@ -92,6 +101,8 @@ impl TrainArgs {
             weight_decay: 0.01,
             lora_targets: self.lora_targets.clone(),
             head_hidden: self.head_hidden.clone(),
+            head_embedding: self.head_embedding,
+            feature_cache: self.feature_cache.clone(),
         }
     }
 }

@@ -111,11 +111,19 @@ pub fn render(c: &CardInputs) -> String {
         "validation accuracy",
         "inputs cut to",
     );
-    let _ = writeln!(
-        s,
-        "* training wall time: {:.0} s (of which {:.0} s caching the frozen layers), CPU",
-        c.wall_secs, o.cache_secs
-    );
+    let _ = match o.features_loaded {
+        None => writeln!(
+            s,
+            "* training wall time: {:.0} s (of which {:.0} s caching the frozen layers), CPU",
+            c.wall_secs, o.cache_secs
+        ),
+        Some(computed) => writeln!(
+            s,
+            "* training wall time: {:.0} s, CPU, with the frozen layers' features loaded from `--feature-cache` \
+             ({:.0} s); computing them took {computed:.0} s in the run that saved them",
+            c.wall_secs, o.cache_secs
+        ),
+    };
     epoch_table(
         &mut s,
         "Per epoch (validation on cached features)",
@@ -144,10 +152,15 @@ pub(crate) fn base_line(s: &mut String, model: &str, sha256: &str) {
 
 /// The head's shape in words.
 pub(crate) fn head_text(cfg: &TrainConfig) -> String {
-    if cfg.head_hidden.is_empty() {
+    let shape = if cfg.head_hidden.is_empty() {
         "linear head".to_string()
     } else {
         format!("head with hidden layer(s) {:?} (tanh)", cfg.head_hidden)
+    };
+    if cfg.head_embedding {
+        format!("{shape} over the pooled output and the shared sentence embedding (base encoder's mean pool, L2-normalised, × √hidden)")
+    } else {
+        shape
     }
 }
 

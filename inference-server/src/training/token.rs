@@ -951,25 +951,39 @@ impl LoadedTokenTask {
         Ok(out)
     }
 
-    /// (head alone vs the head's types, as served vs every gold type).
+    /// Scores the head alone (against the head's types) and as served
+    /// (against every gold type); the served entities of each text (in
+    /// `indices` order) come back too, for error listings.
     pub fn score(
         &self,
         data: &TokenDataset,
         indices: &[usize],
         batch_size: usize,
-    ) -> anyhow::Result<(SpanReport, SpanReport)> {
+    ) -> anyhow::Result<Scored> {
         let texts: Vec<&str> = indices
             .iter()
             .map(|&i| data.examples[i].text.as_str())
             .collect();
-        let (mut head, mut served) = (SpanReport::default(), SpanReport::default());
+        let mut out = Scored::default();
         for (&i, (m, s)) in indices.iter().zip(self.entities(&texts, batch_size)?) {
             let ex = &data.examples[i];
-            head.add(&spans_of(&m), &gold_of(ex.model_spans()));
-            served.add(&spans_of(&s), &gold_of(ex.gold.iter()));
+            out.head.add(&spans_of(&m), &gold_of(ex.model_spans()));
+            out.served.add(&spans_of(&s), &gold_of(ex.gold.iter()));
+            out.served_entities.push(s);
         }
-        Ok((head, served))
+        Ok(out)
     }
+}
+
+/// What [`LoadedTokenTask::score`] measured.
+#[derive(Default)]
+pub struct Scored {
+    /// The head alone, against the head's own types.
+    pub head: SpanReport,
+    /// Head ∪ recognizers, against every gold type.
+    pub served: SpanReport,
+    /// The served entities of each scored text, in order.
+    pub served_entities: Vec<Vec<Entity>>,
 }
 
 // === model card ===
@@ -1276,7 +1290,7 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (head, served) = task.score(&data, &outcome.val_indices, 32)?;
+    let Scored { head, served, .. } = task.score(&data, &outcome.val_indices, 32)?;
     let wall_secs = wall.elapsed().as_secs_f64();
     let md = render_card(&TokenCard {
         cfg: &cfg,
@@ -1434,9 +1448,13 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (head, served) = task.score(&data, &indices, 32)?;
+    let Scored {
+        head,
+        served,
+        served_entities,
+    } = task.score(&data, &indices, 32)?;
     if args.errors > 0 {
-        print_errors(&task, &data, &indices, args.errors)?;
+        print_errors(&data, &indices, &served_entities, args.errors);
     }
     if args.json {
         println!(
@@ -1459,22 +1477,14 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints up to `limit` texts whose served spans differ from the gold spans
-/// (to stderr, so `--json` output stays machine-readable).
-fn print_errors(
-    task: &LoadedTokenTask,
-    data: &TokenDataset,
-    indices: &[usize],
-    limit: usize,
-) -> anyhow::Result<()> {
-    let texts: Vec<&str> = indices
-        .iter()
-        .map(|&i| data.examples[i].text.as_str())
-        .collect();
+/// Prints up to `limit` texts whose served spans (`served[k]` for
+/// `indices[k]`) differ from the gold spans (to stderr, so `--json` output
+/// stays machine-readable).
+fn print_errors(data: &TokenDataset, indices: &[usize], served: &[Vec<Entity>], limit: usize) {
     let mut shown = 0;
-    for (&i, (_, served)) in indices.iter().zip(task.entities(&texts, 32)?) {
+    for (&i, served) in indices.iter().zip(served) {
         let ex = &data.examples[i];
-        let predicted = spans_of(&served);
+        let predicted = spans_of(served);
         let gold = gold_of(ex.gold.iter());
         let missed: Vec<_> = gold.iter().filter(|g| !predicted.contains(g)).collect();
         let extra: Vec<_> = predicted.iter().filter(|p| !gold.contains(p)).collect();
@@ -1494,7 +1504,6 @@ fn print_errors(
             break;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use super::data::Dataset;
 use super::metrics::Confusion;
 use super::Rng;
-use crate::sidecar::backend::candle::TaskBranch;
+use crate::sidecar::backend::candle::{shared_embedding, TaskBranch};
 use crate::sidecar::model::bert::{cls_pool, mean_pool, BertConfig, BertModel, Mode};
 use crate::sidecar::tasks::{HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
 use crate::sidecar::tokenize::Tokenization;
@@ -43,6 +43,11 @@ pub struct TrainConfig {
     pub lora_targets: Vec<String>,
     /// Widths of hidden dense layers of the head (empty: linear head).
     pub head_hidden: Vec<usize>,
+    /// The head also reads the shared sentence embedding (sequence tasks).
+    pub head_embedding: bool,
+    /// Directory for frozen-layer features reused across runs (sequence tasks).
+    #[serde(skip)]
+    pub feature_cache: Option<std::path::PathBuf>,
 }
 
 /// What a run produced.
@@ -55,12 +60,17 @@ pub struct TrainOutcome {
     pub val_indices: Vec<usize>,
     pub history: Vec<(usize, f64, f64, f64)>,
     pub cache_secs: f64,
+    /// Features came from `--feature-cache`; computing them took this long
+    /// in the run that saved them.
+    pub features_loaded: Option<f64>,
 }
 
 /// Frozen features of one example: hidden state entering the first trained
 /// layer, `[len, h]`.
 struct Cached {
     hidden: Tensor,
+    /// The frozen encoder's [`shared_embedding`] `[h]`, for heads that read it.
+    embedding: Option<Tensor>,
     label: u32,
 }
 
@@ -102,6 +112,7 @@ pub fn sequence_spec(
         }),
         head: HeadSpec {
             hidden: cfg.head_hidden.clone(),
+            with_embedding: cfg.head_embedding,
             ..HeadSpec::default()
         },
         metadata: Some(metadata),
@@ -126,7 +137,7 @@ pub(crate) fn init_vars(
         Tensor::from_vec(v, (rows, cols), dev)
     };
     let mut t: Vec<(String, Tensor)> = Vec::new();
-    let mut width = h;
+    let mut width = spec.head.input_width(h);
     for (j, &w) in spec.head.hidden.iter().enumerate() {
         t.push((
             format!("head.dense.{j}.weight"),
@@ -182,14 +193,29 @@ pub(crate) fn init_vars(
 /// Token ids and token type ids of one input row.
 type IdsAndTypes = (Vec<u32>, Vec<u32>);
 
-/// Runs embeddings and the frozen lower layers once for every example.
-fn cache_features(
-    model: &BertModel,
-    tok: &Tokenization,
-    data: &Dataset,
-    indices: &[usize],
+/// What the frozen features of a run are computed from.
+struct FrozenPass<'a> {
+    model: &'a BertModel,
+    tok: &'a Tokenization,
+    data: &'a Dataset,
+    indices: &'a [usize],
+    /// The first trained layer: features are its input.
     first_layer: usize,
-) -> anyhow::Result<HashMap<usize, Cached>> {
+    /// Also run the frozen top layers for the shared embedding.
+    with_embedding: bool,
+}
+
+/// Runs embeddings and the frozen lower layers once for every example (and,
+/// with `with_embedding`, the frozen top layers for the shared embedding).
+fn cache_features(pass: &FrozenPass) -> anyhow::Result<HashMap<usize, Cached>> {
+    let FrozenPass {
+        model,
+        tok,
+        data,
+        indices,
+        first_layer,
+        with_embedding,
+    } = *pass;
     let dev = model.device().clone();
     // Pairs as served (`[CLS] premise [SEP] hypothesis [SEP]`, type ids 0
     // then 1); a premise too long for one window is trained on its first.
@@ -236,17 +262,31 @@ fn cache_features(
         for l in 0..first_layer {
             x = model.layer(l, &x, &bias, None, Mode::Inference)?;
         }
+        let embeddings = if with_embedding {
+            let mut top = x.clone();
+            for l in first_layer..model.num_layers() {
+                top = model.layer(l, &top, &bias, None, Mode::Inference)?;
+            }
+            Some(shared_embedding(&top, &mask)?)
+        } else {
+            None
+        };
         for (row, &j) in chunk.iter().enumerate() {
             let (i, (e, _)) = &enc[j];
             // An exact-size copy: `copy()`/`contiguous()` of a view would
             // keep (or clone) the whole padded chunk's storage.
             let (len, h) = (e.len(), x.dim(2)?);
+            let embedding = match &embeddings {
+                Some(e) => Some(Tensor::from_vec(e.get(row)?.to_vec1::<f32>()?, h, &dev)?),
+                None => None,
+            };
             let row = x.get(row)?.narrow(0, 0, len)?.flatten_all()?;
             let hidden = Tensor::from_vec(row.to_vec1::<f32>()?, (len, h), &dev)?;
             out.insert(
                 *i,
                 Cached {
                     hidden,
+                    embedding,
                     label: data.examples[*i].label as u32,
                 },
             );
@@ -263,12 +303,143 @@ fn cache_features(
     Ok(out)
 }
 
+/// Cached features of a batch, padded.
+struct Batch {
+    /// `[b, s, h]`
+    x: Tensor,
+    bias: Tensor,
+    mask: Tensor,
+    /// `[b, h]`, when the examples carry a shared embedding.
+    embedding: Option<Tensor>,
+    labels: Tensor,
+}
+
+/// [`cache_features`] through a file under `dir` (when given; also returns
+/// the seconds the features took to compute when they were loaded), keyed by
+/// everything the features depend on: the base weights (path, size, mtime),
+/// the examples' texts, the token limit, the branch point and whether the
+/// shared embedding is wanted. Re-running a task with other
+/// hyper-parameters then skips the frozen layers (most of a sequence
+/// task's training time).
+fn cache_features_on_disk(
+    pass: &FrozenPass,
+    dir: Option<&Path>,
+    base_dir: &Path,
+    max_tokens: usize,
+) -> anyhow::Result<(HashMap<usize, Cached>, Option<f64>)> {
+    use sha2::{Digest, Sha256};
+    let Some(dir) = dir else {
+        return Ok((cache_features(pass)?, None));
+    };
+    let FrozenPass {
+        model,
+        data,
+        indices,
+        first_layer,
+        with_embedding,
+        ..
+    } = *pass;
+    let weights = std::fs::metadata(base_dir.join("model.safetensors"))?;
+    let mut key = Sha256::new();
+    key.update(format!(
+        "{}|{}|{:?}|{max_tokens}|{first_layer}|{with_embedding}|",
+        base_dir.display(),
+        weights.len(),
+        weights.modified().ok()
+    ));
+    for &i in indices {
+        let e = &data.examples[i];
+        key.update(format!(
+            "{i}\u{1}{}\u{1}{:?}\u{1}{}\u{2}",
+            e.text, e.second, e.label
+        ));
+    }
+    let file = dir.join(format!("features-{:x}.safetensors", key.finalize()));
+    let dev = model.device().clone();
+    if file.is_file() {
+        eprintln!("frozen features from {}", file.display());
+        let t = candle_core::safetensors::load(&file, &dev)?;
+        let get = |name: &str| {
+            t.get(name)
+                .with_context(|| format!("{}: no `{name}`", file.display()))
+        };
+        let (hidden, index, lengths) = (get("hidden")?, get("index")?, get("lengths")?);
+        let labels = get("labels")?.to_vec1::<u32>()?;
+        let embedding = t.get("embedding");
+        let mut out = HashMap::with_capacity(labels.len());
+        let mut at = 0;
+        for (k, (i, len)) in index
+            .to_vec1::<u32>()?
+            .into_iter()
+            .zip(lengths.to_vec1::<u32>()?)
+            .enumerate()
+        {
+            let len = len as usize;
+            out.insert(
+                i as usize,
+                Cached {
+                    hidden: hidden.narrow(0, at, len)?,
+                    embedding: embedding.map(|e| e.get(k)).transpose()?,
+                    label: labels[k],
+                },
+            );
+            at += len;
+        }
+        let computed = match t.get("compute_secs") {
+            Some(c) => c.to_vec1::<f32>()?.first().copied().unwrap_or(0.0),
+            None => 0.0,
+        };
+        return Ok((out, Some(computed as f64)));
+    }
+    let start = Instant::now();
+    let out = cache_features(pass)?;
+    let compute_secs = start.elapsed().as_secs_f64();
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let order: Vec<usize> = indices.to_vec();
+    let rows: Vec<&Cached> = order.iter().map(|i| &out[i]).collect();
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert(
+        "hidden".into(),
+        Tensor::cat(&rows.iter().map(|c| &c.hidden).collect::<Vec<_>>(), 0)?,
+    );
+    let u32s = |v: Vec<u32>| Tensor::from_vec(v.clone(), v.len(), &dev);
+    t.insert(
+        "index".into(),
+        u32s(order.iter().map(|&i| i as u32).collect())?,
+    );
+    t.insert(
+        "lengths".into(),
+        u32s(
+            rows.iter()
+                .map(|c| c.hidden.dim(0).map(|d| d as u32))
+                .collect::<candle_core::Result<_>>()?,
+        )?,
+    );
+    t.insert(
+        "labels".into(),
+        u32s(rows.iter().map(|c| c.label).collect())?,
+    );
+    if with_embedding {
+        let e: Option<Vec<&Tensor>> = rows.iter().map(|c| c.embedding.as_ref()).collect();
+        if let Some(e) = e {
+            t.insert("embedding".into(), Tensor::stack(&e, 0)?);
+        }
+    }
+    t.insert(
+        "compute_secs".into(),
+        Tensor::new(&[compute_secs as f32], &dev)?,
+    );
+    candle_core::safetensors::save(&t, &file)?;
+    eprintln!("frozen features saved to {}", file.display());
+    Ok((out, None))
+}
+
 /// Pads cached features into `[b, s, h]`, the mask bias and pooling mask.
 fn make_batch(
     cache: &HashMap<usize, Cached>,
     rows: &[usize],
     dev: &Device,
-) -> anyhow::Result<(Tensor, Tensor, Tensor, Tensor)> {
+) -> anyhow::Result<Batch> {
     let max_len = rows
         .iter()
         .map(|i| cache[i].hidden.dim(0))
@@ -301,19 +472,30 @@ fn make_batch(
     let mask = Tensor::from_vec(mask, (rows.len(), max_len), dev)?;
     let bias = BertModel::mask_bias(&mask)?;
     let labels = Tensor::from_vec(labels, rows.len(), dev)?;
-    Ok((x, bias, mask, labels))
+    let embedding = rows
+        .iter()
+        .map(|i| cache[i].embedding.clone())
+        .collect::<Option<Vec<_>>>()
+        .map(|e| Tensor::stack(&e, 0))
+        .transpose()?;
+    Ok(Batch {
+        x,
+        bias,
+        mask,
+        embedding,
+        labels,
+    })
 }
 
 /// The task branch on cached features: logits `[b, labels]`.
 fn branch_logits(
     model: &BertModel,
     branch: &TaskBranch,
-    x: &Tensor,
-    bias: &Tensor,
-    mask: &Tensor,
+    batch: &Batch,
     mode: Mode,
 ) -> candle_core::Result<Tensor> {
-    let mut h = x.clone();
+    let (bias, mask) = (&batch.bias, &batch.mask);
+    let mut h = batch.x.clone();
     let cls_only = branch.pooling == Pooling::Cls;
     let last = branch.adapters.len().saturating_sub(1);
     for (k, adapter) in branch.adapters.iter().enumerate() {
@@ -328,7 +510,7 @@ fn branch_logits(
         Pooling::Cls => cls_pool(&h)?,
         Pooling::Mean => mean_pool(&h, mask)?,
     };
-    branch.head.forward(&pooled)
+    branch.classify(&pooled, batch.embedding.as_ref())
 }
 
 fn grad_norm(grads: &candle_core::backprop::GradStore, var: &Var) -> anyhow::Result<f32> {
@@ -370,8 +552,9 @@ fn validate(
     sorted.sort_by_key(|i| cache[i].hidden.dims()[0]);
     let mut c = Confusion::new(labels.to_vec());
     for chunk in sorted.chunks(64) {
-        let (x, bias, mask, gold) = make_batch(cache, chunk, dev)?;
-        let pred = branch_logits(model, branch, &x, &bias, &mask, Mode::Inference)?
+        let batch = make_batch(cache, chunk, dev)?;
+        let gold = &batch.labels;
+        let pred = branch_logits(model, branch, &batch, Mode::Inference)?
             .argmax(1)?
             .to_vec1::<u32>()?;
         for (g, p) in gold.to_vec1::<u32>()?.into_iter().zip(pred) {
@@ -422,7 +605,20 @@ pub fn train(
         "caching frozen layers 0..{first_layer} (max {} tokens)",
         cfg.max_tokens
     );
-    let cache = cache_features(&model, &tok, data, &used, first_layer)?;
+    let pass = FrozenPass {
+        model: &model,
+        tok: &tok,
+        data,
+        indices: &used,
+        first_layer,
+        with_embedding: spec.head.with_embedding,
+    };
+    let (cache, features_loaded) = cache_features_on_disk(
+        &pass,
+        cfg.feature_cache.as_deref(),
+        base_dir,
+        cfg.max_tokens,
+    )?;
     let cache_secs = t0.elapsed().as_secs_f64();
 
     let mut rng = Rng::new(cfg.seed ^ 0x1A17);
@@ -439,9 +635,9 @@ pub fn train(
         &train_idx,
         |i| cache[&i].hidden.dims()[0],
         |rows| {
-            let (x, bias, mask, labels) = make_batch(&cache, rows, &dev)?;
-            let logits = branch_logits(&model, &branch, &x, &bias, &mask, Mode::Train)?;
-            Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
+            let batch = make_batch(&cache, rows, &dev)?;
+            let logits = branch_logits(&model, &branch, &batch, Mode::Train)?;
+            Ok(candle_nn::loss::cross_entropy(&logits, &batch.labels)?)
         },
         || {
             let c = validate(&model, &branch, &cache, &val_idx, &data.labels, &dev)?;
@@ -462,6 +658,7 @@ pub fn train(
         val_indices: val_idx,
         history: train_loop.history,
         cache_secs,
+        features_loaded,
     })
 }
 

@@ -109,6 +109,8 @@ pub struct TaskBranch {
     /// One adapter per re-run layer (empty adapters when there is no LoRA).
     pub adapters: Vec<LayerAdapter>,
     pub head: Head,
+    /// The head also reads the shared embedding (`HeadSpec::with_embedding`).
+    pub with_embedding: bool,
 }
 
 impl TaskBranch {
@@ -134,9 +136,32 @@ impl TaskBranch {
             pooling: spec.pooling,
             first_layer,
             adapters,
-            head: Head::load(spec, cfg.hidden_size, vb)?,
+            head: Head::load(spec, spec.head.input_width(cfg.hidden_size), vb)?,
+            with_embedding: spec.head.with_embedding,
         })
     }
+
+    /// Head logits of a pooled branch output `[b, h]`; `embedding` is the
+    /// rows' [`shared_embedding`], required when the head reads it.
+    pub fn classify(
+        &self,
+        pooled: &Tensor,
+        embedding: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        match (self.with_embedding, embedding) {
+            (false, _) => self.head.forward(pooled),
+            (true, Some(e)) => self.head.forward(&Tensor::cat(&[pooled, e], 1)?),
+            (true, None) => candle_core::bail!("the head reads the shared embedding; none given"),
+        }
+    }
+}
+
+/// The sentence embedding a `with_embedding` head reads: the L2-normalised
+/// mean pool of the base encoder's output, × √hidden (so its components are
+/// on the scale of a layer-normed hidden state, like the pooled branch output).
+pub fn shared_embedding(final_hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let h = final_hidden.dim(2)?;
+    l2_normalize(&mean_pool(final_hidden, mask)?)? * (h as f64).sqrt()
 }
 
 // === impl CandleBackend ===
@@ -221,7 +246,9 @@ impl CandleBackend {
             }
         }
         let any_embedding = batch.wants.iter().any(|w| w.embedding);
+        let heads_read_embedding = requested.iter().any(|&t| self.tasks[t].with_embedding);
         let need_final = any_embedding
+            || heads_read_embedding
             || requested
                 .iter()
                 .any(|&t| self.tasks[t].first_layer == layers);
@@ -249,6 +276,11 @@ impl CandleBackend {
         }
 
         let mut out = vec![SequenceOutput::default(); n];
+        let shared = if heads_read_embedding {
+            Some(shared_embedding(&x, &mask)?)
+        } else {
+            None
+        };
         if any_embedding {
             let emb = l2_normalize(&mean_pool(&x, &mask)?)?.to_vec2::<f32>()?;
             for ((o, w), e) in out.iter_mut().zip(&batch.wants).zip(emb) {
@@ -268,14 +300,16 @@ impl CandleBackend {
             } else {
                 &saved[&branch.first_layer]
             };
-            let (mut h, m, b) = if rows.len() == n {
-                (start.clone(), mask.clone(), bias.clone())
+            let shared = shared.as_ref().filter(|_| branch.with_embedding);
+            let (mut h, m, b, e) = if rows.len() == n {
+                (start.clone(), mask.clone(), bias.clone(), shared.cloned())
             } else {
                 let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
                 (
                     start.index_select(&idx, 0)?,
                     mask.index_select(&idx, 0)?,
                     bias.index_select(&idx, 0)?,
+                    shared.map(|e| e.index_select(&idx, 0)).transpose()?,
                 )
             };
             // A CLS-pooled head only reads position 0 of the last layer.
@@ -310,7 +344,7 @@ impl CandleBackend {
                     Pooling::Mean => mean_pool(&h, &m)?,
                     Pooling::Cls => cls_pool(&h)?,
                 };
-                let logits = branch.head.forward(&pooled)?.to_vec2::<f32>()?;
+                let logits = branch.classify(&pooled, e.as_ref())?.to_vec2::<f32>()?;
                 for (&r, l) in rows.iter().zip(logits) {
                     out[r as usize].heads.push((t, HeadOutput::Sequence(l)));
                 }

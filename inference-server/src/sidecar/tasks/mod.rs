@@ -128,6 +128,24 @@ pub struct HeadSpec {
     pub hidden: Vec<usize>,
     #[serde(default)]
     pub activation: Activation,
+    /// Sequence tasks: the head also reads the shared sentence embedding
+    /// (the base encoder's L2-normalised mean pool, scaled by √hidden to the
+    /// size of a layer-normed state), concatenated after the branch's pooled
+    /// output. The router computes that embedding for most requests anyway,
+    /// so the head gets a general-purpose summary of the text at no layer cost.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_embedding: bool,
+}
+
+impl HeadSpec {
+    /// Width of the head's input for an encoder of `hidden` units.
+    pub fn input_width(&self, hidden: usize) -> usize {
+        if self.with_embedding {
+            2 * hidden
+        } else {
+            hidden
+        }
+    }
 }
 
 /// `task.json`.
@@ -189,6 +207,12 @@ impl TaskSpec {
                 return Err("lora is set but top_layers is 0".into());
             }
         }
+        if self.head.with_embedding && self.kind != TaskKind::Sequence {
+            return Err(format!(
+                "head.with_embedding is only for sequence tasks, not `{}`",
+                self.kind.as_str()
+            ));
+        }
         if let Some((_, kind)) = CATALOGUE.iter().find(|(n, _)| *n == self.name) {
             if *kind != self.kind {
                 return Err(format!(
@@ -247,4 +271,53 @@ pub fn discover(models_dir: &Path, num_layers: usize) -> Result<Vec<TaskFiles>, 
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: TaskKind) -> TaskSpec {
+        TaskSpec {
+            name: "custom".into(),
+            kind,
+            labels: vec!["a".into(), "b".into()],
+            pooling: Pooling::Cls,
+            top_layers: 1,
+            lora: None,
+            head: HeadSpec::default(),
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn validate_names_what_is_wrong() {
+        assert_eq!(spec(TaskKind::Sequence).validate(6), Ok(()));
+        let mut s = spec(TaskKind::Sequence);
+        s.top_layers = 7;
+        assert!(s.validate(6).unwrap_err().contains("top_layers 7"));
+        let mut s = spec(TaskKind::Sequence);
+        s.labels.truncate(1);
+        assert!(s.validate(6).unwrap_err().contains("two labels"));
+        let mut s = spec(TaskKind::Token);
+        s.head.with_embedding = true;
+        let e = s.validate(6).unwrap_err();
+        assert!(e.contains("with_embedding") && e.contains("token"), "{e}");
+        let mut s = spec(TaskKind::Sequence);
+        s.head.with_embedding = true;
+        assert_eq!(s.validate(6), Ok(()));
+        assert_eq!(s.head.input_width(384), 768);
+    }
+
+    #[test]
+    fn with_embedding_is_written_only_when_set() {
+        let plain = serde_json::to_value(spec(TaskKind::Sequence)).unwrap();
+        assert!(plain["head"].get("with_embedding").is_none(), "{plain}");
+        let mut s = spec(TaskKind::Sequence);
+        s.head.with_embedding = true;
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["head"]["with_embedding"], true);
+        let back: TaskSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+    }
 }

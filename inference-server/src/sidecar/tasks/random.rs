@@ -22,7 +22,7 @@ pub fn write_random_task(
     let dev = Device::Cpu;
     let rand = |shape: (usize, usize), std: f64| Tensor::randn(0f32, std as f32, shape, &dev);
     let mut t: HashMap<String, Tensor> = HashMap::new();
-    let mut width = hidden;
+    let mut width = spec.head.input_width(hidden);
     for (j, &w) in spec.head.hidden.iter().enumerate() {
         t.insert(format!("head.dense.{j}.weight"), rand((w, width), 0.05)?);
         t.insert(
