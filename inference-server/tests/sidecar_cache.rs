@@ -25,19 +25,6 @@ use vsr_proto::v1::inference_client::InferenceClient;
 
 type Client = InferenceClient<Channel>;
 
-async fn embed(c: &mut Client, texts: &[&str]) -> Vec<Vec<f32>> {
-    c.embed(pb::EmbedRequest {
-        texts: texts.iter().map(|t| t.to_string()).collect(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .embeddings
-    .into_iter()
-    .map(|e| e.values)
-    .collect()
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let d: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -503,21 +503,8 @@ async fn a_head_reading_the_shared_embedding_gets_the_base_embedding() {
     let plain = tempfile::tempdir().unwrap();
     let s = start(config(plain.path())).await;
     let mut c = client(&s).await;
-    let emb = c
-        .embed(pb::EmbedRequest {
-            texts: anchors
-                .iter()
-                .chain(&texts)
-                .map(|t| t.to_string())
-                .collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .embeddings
-        .into_iter()
-        .map(|e| e.values)
-        .collect::<Vec<_>>();
+    let all: Vec<&str> = anchors.iter().chain(&texts).copied().collect();
+    let emb = embed(&mut c, &all).await;
     s.shutdown().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();

@@ -89,6 +89,20 @@ pub fn random_task(
     spec
 }
 
+/// `Embed` over `texts`: one vector per text.
+pub async fn embed(c: &mut InferenceClient<Channel>, texts: &[&str]) -> Vec<Vec<f32>> {
+    c.embed(vsr_proto::v1::EmbedRequest {
+        texts: texts.iter().map(|t| t.to_string()).collect(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .embeddings
+    .into_iter()
+    .map(|e| e.values)
+    .collect()
+}
+
 /// Reference embeddings: (text, expected token count, embedding).
 pub fn reference() -> Vec<(String, usize, Vec<f32>)> {
     let p = repo_root().join("inference-server/tests/fixtures/minilm_reference.json");
