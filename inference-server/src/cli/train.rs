@@ -70,7 +70,8 @@ pub struct TrainArgs {
     pub head_embedding: bool,
     /// Sequence tasks: keep the frozen layers' features in this directory
     /// and reuse them when a later run has the same data, base, token limit
-    /// and branch point (skips most of the training time).
+    /// and branch point (skips most of the training time). The key does not
+    /// cover the encoder code: clear the directory after changing it.
     #[arg(long)]
     pub feature_cache: Option<PathBuf>,
     /// `domain` only: also train on the MMLU questions in `domain/mmlu/`
