@@ -18,7 +18,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use super::data::Dataset;
 use super::metrics::Confusion;
 use super::Rng;
-use crate::sidecar::backend::candle::{shared_embedding, TaskBranch};
+use crate::sidecar::backend::candle::{sentence_embedding, shared_embedding, TaskBranch};
 use crate::sidecar::model::bert::{cls_pool, mean_pool, BertConfig, BertModel, Mode};
 use crate::sidecar::tasks::{HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
 use crate::sidecar::tokenize::Tokenization;
@@ -267,7 +267,7 @@ fn cache_features(pass: &FrozenPass) -> anyhow::Result<HashMap<usize, Cached>> {
             for l in first_layer..model.num_layers() {
                 top = model.layer(l, &top, &bias, None, Mode::Inference)?;
             }
-            Some(shared_embedding(&top, &mask)?)
+            Some(shared_embedding(&sentence_embedding(&top, &mask)?)?)
         } else {
             None
         };
@@ -303,17 +303,6 @@ fn cache_features(pass: &FrozenPass) -> anyhow::Result<HashMap<usize, Cached>> {
     Ok(out)
 }
 
-/// Cached features of a batch, padded.
-struct Batch {
-    /// `[b, s, h]`
-    x: Tensor,
-    bias: Tensor,
-    mask: Tensor,
-    /// `[b, h]`, when the examples carry a shared embedding.
-    embedding: Option<Tensor>,
-    labels: Tensor,
-}
-
 /// [`cache_features`] through a file under `dir` (when given; also returns
 /// the seconds the features took to compute when they were loaded), keyed by
 /// everything the features depend on: the base weights (path, size, mtime),
@@ -331,107 +320,135 @@ fn cache_features_on_disk(
     let Some(dir) = dir else {
         return Ok((cache_features(pass)?, None));
     };
-    let FrozenPass {
-        model,
-        data,
-        indices,
-        first_layer,
-        with_embedding,
-        ..
-    } = *pass;
     let weights = std::fs::metadata(base_dir.join("model.safetensors"))?;
     let mut key = Sha256::new();
     key.update(format!(
-        "{}|{}|{:?}|{max_tokens}|{first_layer}|{with_embedding}|",
+        "{}|{}|{:?}|{max_tokens}|{}|{}|",
         base_dir.display(),
         weights.len(),
-        weights.modified().ok()
+        weights.modified().ok(),
+        pass.first_layer,
+        pass.with_embedding
     ));
-    for &i in indices {
-        let e = &data.examples[i];
+    for &i in pass.indices {
+        let e = &pass.data.examples[i];
         key.update(format!(
             "{i}\u{1}{}\u{1}{:?}\u{1}{}\u{2}",
             e.text, e.second, e.label
         ));
     }
     let file = dir.join(format!("features-{:x}.safetensors", key.finalize()));
-    let dev = model.device().clone();
+    let dev = pass.model.device();
     if file.is_file() {
         eprintln!("frozen features from {}", file.display());
-        let t = candle_core::safetensors::load(&file, &dev)?;
-        let get = |name: &str| {
-            t.get(name)
-                .with_context(|| format!("{}: no `{name}`", file.display()))
-        };
-        let (hidden, index, lengths) = (get("hidden")?, get("index")?, get("lengths")?);
-        let labels = get("labels")?.to_vec1::<u32>()?;
-        let embedding = t.get("embedding");
-        let mut out = HashMap::with_capacity(labels.len());
-        let mut at = 0;
-        for (k, (i, len)) in index
-            .to_vec1::<u32>()?
-            .into_iter()
-            .zip(lengths.to_vec1::<u32>()?)
-            .enumerate()
-        {
-            let len = len as usize;
-            out.insert(
-                i as usize,
-                Cached {
-                    hidden: hidden.narrow(0, at, len)?,
-                    embedding: embedding.map(|e| e.get(k)).transpose()?,
-                    label: labels[k],
-                },
-            );
-            at += len;
-        }
-        let computed = match t.get("compute_secs") {
-            Some(c) => c.to_vec1::<f32>()?.first().copied().unwrap_or(0.0),
-            None => 0.0,
-        };
-        return Ok((out, Some(computed as f64)));
+        let (out, computed) = load_features(&file, dev)?;
+        return Ok((out, Some(computed)));
     }
     let start = Instant::now();
     let out = cache_features(pass)?;
-    let compute_secs = start.elapsed().as_secs_f64();
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-    let order: Vec<usize> = indices.to_vec();
-    let rows: Vec<&Cached> = order.iter().map(|i| &out[i]).collect();
-    let mut t: HashMap<String, Tensor> = HashMap::new();
-    t.insert(
-        "hidden".into(),
-        Tensor::cat(&rows.iter().map(|c| &c.hidden).collect::<Vec<_>>(), 0)?,
-    );
-    let u32s = |v: Vec<u32>| Tensor::from_vec(v.clone(), v.len(), &dev);
-    t.insert(
-        "index".into(),
-        u32s(order.iter().map(|&i| i as u32).collect())?,
-    );
-    t.insert(
-        "lengths".into(),
-        u32s(
-            rows.iter()
-                .map(|c| c.hidden.dim(0).map(|d| d as u32))
-                .collect::<candle_core::Result<_>>()?,
-        )?,
-    );
-    t.insert(
-        "labels".into(),
-        u32s(rows.iter().map(|c| c.label).collect())?,
-    );
-    if with_embedding {
-        let e: Option<Vec<&Tensor>> = rows.iter().map(|c| c.embedding.as_ref()).collect();
-        if let Some(e) = e {
-            t.insert("embedding".into(), Tensor::stack(&e, 0)?);
-        }
-    }
-    t.insert(
-        "compute_secs".into(),
-        Tensor::new(&[compute_secs as f32], &dev)?,
-    );
-    candle_core::safetensors::save(&t, &file)?;
+    save_features(
+        &file,
+        &out,
+        pass.indices,
+        start.elapsed().as_secs_f64(),
+        dev,
+    )?;
     eprintln!("frozen features saved to {}", file.display());
     Ok((out, None))
+}
+
+/// Writes features in `indices` order: `hidden` (all rows' tokens
+/// concatenated), `index`, `lengths`, `labels`, `embedding` (when every row
+/// has one) and `compute_secs`.
+fn save_features(
+    file: &Path,
+    features: &HashMap<usize, Cached>,
+    indices: &[usize],
+    compute_secs: f64,
+    dev: &Device,
+) -> anyhow::Result<()> {
+    let rows: Vec<&Cached> = indices.iter().map(|i| &features[i]).collect();
+    let u32s = |v: Vec<u32>| {
+        let n = v.len();
+        Tensor::from_vec(v, n, dev)
+    };
+    let lengths = rows
+        .iter()
+        .map(|c| c.hidden.dim(0).map(|d| d as u32))
+        .collect::<candle_core::Result<_>>()?;
+    let mut t: HashMap<String, Tensor> = HashMap::from([
+        (
+            "hidden".to_string(),
+            Tensor::cat(&rows.iter().map(|c| &c.hidden).collect::<Vec<_>>(), 0)?,
+        ),
+        (
+            "index".to_string(),
+            u32s(indices.iter().map(|&i| i as u32).collect())?,
+        ),
+        ("lengths".to_string(), u32s(lengths)?),
+        (
+            "labels".to_string(),
+            u32s(rows.iter().map(|c| c.label).collect())?,
+        ),
+        (
+            "compute_secs".to_string(),
+            Tensor::new(&[compute_secs as f32], dev)?,
+        ),
+    ]);
+    if let Some(e) = rows
+        .iter()
+        .map(|c| c.embedding.as_ref())
+        .collect::<Option<Vec<_>>>()
+    {
+        t.insert("embedding".into(), Tensor::stack(&e, 0)?);
+    }
+    candle_core::safetensors::save(&t, file)?;
+    Ok(())
+}
+
+/// Reads what [`save_features`] wrote; also returns its `compute_secs`.
+fn load_features(file: &Path, dev: &Device) -> anyhow::Result<(HashMap<usize, Cached>, f64)> {
+    let t = candle_core::safetensors::load(file, dev)?;
+    let get = |name: &str| {
+        t.get(name)
+            .with_context(|| format!("{}: no `{name}`", file.display()))
+    };
+    let hidden = get("hidden")?;
+    let index = get("index")?.to_vec1::<u32>()?;
+    let lengths = get("lengths")?.to_vec1::<u32>()?;
+    let labels = get("labels")?.to_vec1::<u32>()?;
+    let embedding = t.get("embedding");
+    let mut out = HashMap::with_capacity(index.len());
+    let mut at = 0;
+    for (k, (i, len)) in index.into_iter().zip(lengths).enumerate() {
+        let len = len as usize;
+        out.insert(
+            i as usize,
+            Cached {
+                hidden: hidden.narrow(0, at, len)?,
+                embedding: embedding.map(|e| e.get(k)).transpose()?,
+                label: labels[k],
+            },
+        );
+        at += len;
+    }
+    let computed = match t.get("compute_secs") {
+        Some(c) => c.to_vec1::<f32>()?.first().copied().unwrap_or(0.0),
+        None => 0.0,
+    };
+    Ok((out, computed as f64))
+}
+
+/// Cached features of a batch, padded.
+struct Batch {
+    /// `[b, s, h]`
+    x: Tensor,
+    bias: Tensor,
+    mask: Tensor,
+    /// `[b, h]`, when the examples carry a shared embedding.
+    embedding: Option<Tensor>,
+    labels: Tensor,
 }
 
 /// Pads cached features into `[b, s, h]`, the mask bias and pooling mask.

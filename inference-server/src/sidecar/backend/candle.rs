@@ -156,12 +156,17 @@ impl TaskBranch {
     }
 }
 
-/// The sentence embedding a `with_embedding` head reads: the L2-normalised
-/// mean pool of the base encoder's output, × √hidden (so its components are
-/// on the scale of a layer-normed hidden state, like the pooled branch output).
-pub fn shared_embedding(final_hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let h = final_hidden.dim(2)?;
-    l2_normalize(&mean_pool(final_hidden, mask)?)? * (h as f64).sqrt()
+/// The sentence embedding the router gets (`Embed`, `Classify` with
+/// `embedding`): the L2-normalised mean pool of the base encoder's output.
+pub fn sentence_embedding(final_hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    l2_normalize(&mean_pool(final_hidden, mask)?)
+}
+
+/// What a `with_embedding` head reads: the [`sentence_embedding`] `[b, h]`
+/// × √h, so its components are on the scale of a layer-normed hidden state,
+/// like the pooled branch output beside it.
+pub fn shared_embedding(sentence: &Tensor) -> candle_core::Result<Tensor> {
+    sentence * (sentence.dim(1)? as f64).sqrt()
 }
 
 // === impl CandleBackend ===
@@ -276,13 +281,17 @@ impl CandleBackend {
         }
 
         let mut out = vec![SequenceOutput::default(); n];
-        let shared = if heads_read_embedding {
-            Some(shared_embedding(&x, &mask)?)
+        let sentence = if any_embedding || heads_read_embedding {
+            Some(sentence_embedding(&x, &mask)?)
         } else {
             None
         };
-        if any_embedding {
-            let emb = l2_normalize(&mean_pool(&x, &mask)?)?.to_vec2::<f32>()?;
+        let shared = match &sentence {
+            Some(e) if heads_read_embedding => Some(shared_embedding(e)?),
+            _ => None,
+        };
+        if let (true, Some(sentence)) = (any_embedding, &sentence) {
+            let emb = sentence.to_vec2::<f32>()?;
             for ((o, w), e) in out.iter_mut().zip(&batch.wants).zip(emb) {
                 if w.embedding {
                     o.embedding = Some(e);

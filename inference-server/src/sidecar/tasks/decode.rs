@@ -186,7 +186,7 @@ fn join_adjacent(spans: Vec<Entity>, text: &str) -> Vec<Entity> {
 /// presidio sets only addresses do (322 of 6 918 gold spans, all
 /// `ADDRESS`/`STREET_ADDRESS`); a name or organisation at the end of one line
 /// and the start of the next are two things.
-pub const MULTI_LINE_TYPES: &[&str] = &["STREET_ADDRESS"];
+const MULTI_LINE_TYPES: &[&str] = &["STREET_ADDRESS"];
 
 /// Relabels the first piece of every word with the most probable tag
 /// sequence in which `I-X` only follows `B-X` or `I-X`, and not across a
