@@ -78,10 +78,6 @@ pub struct TrainArgs {
     /// (training only; the validation split stays MMLU-Pro's).
     #[arg(long)]
     pub mmlu_extra: bool,
-    /// `nli` only: also train on each training contradiction with premise
-    /// and hypothesis swapped (contradiction is symmetric; validation untouched).
-    #[arg(long)]
-    pub swap_contradictions: bool,
     /// Base encoder: a local directory or a Hugging Face hub id.
     #[arg(long, env = "VSR_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
     pub base_model: String,
@@ -108,7 +104,6 @@ impl TrainArgs {
             head_hidden: self.head_hidden.clone(),
             head_embedding: self.head_embedding,
             feature_cache: self.feature_cache.clone(),
-            swap_contradictions: self.swap_contradictions,
         }
     }
 }
@@ -122,9 +117,6 @@ pub fn command_line() -> String {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    if args.swap_contradictions && args.task != "nli" {
-        anyhow::bail!("--swap-contradictions is for the `nli` task only");
-    }
     if crate::training::token_data::is_token_task(&args.task) {
         return crate::training::token::train_cli(&args);
     }
@@ -144,8 +136,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         "trained_by": "vsr train",
         "dataset": dataset.source.file_name().map(|f| f.to_string_lossy().into_owned()),
         "split": {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "max_examples": cfg.max_examples},
-        "extra_training_data": args.mmlu_extra.then_some("mmlu")
-            .or(args.swap_contradictions.then_some("swapped contradictions")),
+        "extra_training_data": args.mmlu_extra.then_some("mmlu"),
         "base_model": base_id,
         "base_model_sha256": base_sha,
     });

@@ -53,7 +53,7 @@ pub fn render(c: &CardInputs) -> String {
             .join(", ")
     );
     let _ = writeln!(s, "* labels: {}", c.label_note);
-    let used = o.train_examples - c.extra_examples - o.swapped + o.val_indices.len();
+    let used = o.train_examples - c.extra_examples + o.val_indices.len();
     let subset = match cfg.max_examples {
         Some(m) if m < c.total_examples => format!(
             " — a seeded subset (`--max-examples {m}`) of the {} examples in the file",
@@ -70,7 +70,7 @@ pub fn render(c: &CardInputs) -> String {
             "stratified by label"
         },
         cfg.seed,
-        o.train_examples - c.extra_examples - o.swapped,
+        o.train_examples - c.extra_examples,
         o.val_indices.len(),
         cfg.val_fraction * 100.0
     );
@@ -79,14 +79,6 @@ pub fn render(c: &CardInputs) -> String {
             s,
             "* plus {} training-only examples (extra data above), never in validation",
             c.extra_examples
-        );
-    }
-    if o.swapped > 0 {
-        let _ = writeln!(
-            s,
-            "* plus {} training-only pairs: the training split's contradictions with premise and \
-             hypothesis swapped (`--swap-contradictions`; contradiction is symmetric), never in validation",
-            o.swapped
         );
     }
     let _ = writeln!(s, "\n## Model\n");

@@ -1041,52 +1041,6 @@ fn load_nli(data: &Path) -> anyhow::Result<Dataset> {
     })
 }
 
-/// Training-only pairs for `nli`: contradiction is symmetric (if the
-/// premise rules the hypothesis out, the hypothesis rules the premise out
-/// under SNLI's same-scene reading), so each contradiction pair among
-/// `train` comes again with its two texts swapped. Entailment and neutral
-/// are not symmetric and are left alone. Returns `data` with the swapped
-/// pairs appended (a new origin) and their indices; a swapped pair that is
-/// already in `data` is not added.
-pub fn with_swapped_contradictions(
-    data: &Dataset,
-    train: &[usize],
-) -> anyhow::Result<(Dataset, Vec<usize>)> {
-    let label = data
-        .labels
-        .iter()
-        .position(|l| l == "contradiction")
-        .context("--swap-contradictions needs a `contradiction` label (task `nli`)")?;
-    let key = |a: &str, b: &str| (normalize(a), normalize(b));
-    let existing: std::collections::HashSet<(String, String)> = data
-        .examples
-        .iter()
-        .filter_map(|e| Some(key(&e.text, e.second.as_deref()?)))
-        .collect();
-    let mut out = data.clone();
-    let origin = out.origins.len();
-    out.origins
-        .push("SNLI contradiction, texts swapped (training only)".into());
-    let mut added = Vec::new();
-    for &i in train {
-        let e = &data.examples[i];
-        let Some(second) = e.second.as_deref() else {
-            bail!("--swap-contradictions needs pair data (task `nli`)");
-        };
-        if e.label != label || existing.contains(&key(second, &e.text)) {
-            continue;
-        }
-        added.push(out.examples.len());
-        out.examples.push(Example {
-            text: second.to_string(),
-            second: Some(e.text.clone()),
-            label,
-            origin,
-        });
-    }
-    Ok((out, added))
-}
-
 /// Seeded split of `indices` keeping each group (`group_of(i)`) on one
 /// side: groups are shuffled and moved to validation until it holds
 /// `round(n * val_fraction)` examples (at least one group, at most all but
@@ -1493,57 +1447,6 @@ mod tests {
             split_examples(&single, &all, 0.2, 42),
             split(&all, |i| single.examples[i].label, 0.2, 42)
         );
-    }
-
-    fn pair(p: &str, h: &str, label: usize) -> Example {
-        Example {
-            text: p.into(),
-            second: Some(h.into()),
-            label,
-            origin: 0,
-        }
-    }
-
-    #[test]
-    fn only_training_contradictions_are_swapped() {
-        let [ent, con] = [0, 2];
-        let ds = Dataset {
-            labels: NLI_LABELS.iter().map(|s| s.to_string()).collect(),
-            examples: vec![
-                pair("A man sings.", "A person makes sound.", ent),
-                pair("A man sings.", "A man sleeps.", con),
-                pair("A dog runs.", "A cat sits.", con),
-                // Already present the other way round: not added twice.
-                pair("A bird flies.", "A bird sits.", con),
-                pair("A bird sits.", "A bird flies.", con),
-            ],
-            source: PathBuf::new(),
-            sources: Vec::new(),
-            label_note: String::new(),
-            origins: vec!["SNLI dev".into()],
-            probes: Vec::new(),
-            validated: 5,
-        };
-        // Example 2 stands for a validation pair: not in `train`.
-        let (aug, added) = with_swapped_contradictions(&ds, &[0, 1, 3, 4]).unwrap();
-        assert_eq!(added, [5]);
-        assert_eq!(
-            aug.examples[5],
-            Example {
-                origin: 1,
-                ..pair("A man sleeps.", "A man sings.", con)
-            }
-        );
-        assert_eq!(aug.examples[..5], ds.examples[..]);
-        assert_eq!(aug.validated, 5, "the validated range is unchanged");
-        assert_eq!(aug.origins.len(), 2);
-
-        let mut single = ds.clone();
-        single.examples.iter_mut().for_each(|e| e.second = None);
-        assert!(with_swapped_contradictions(&single, &[1]).is_err());
-        let mut no_con = ds.clone();
-        no_con.labels = vec!["a".into(), "b".into(), "c".into()];
-        assert!(with_swapped_contradictions(&no_con, &[1]).is_err());
     }
 
     #[test]

@@ -48,9 +48,6 @@ pub struct TrainConfig {
     /// Directory for frozen-layer features reused across runs (sequence tasks).
     #[serde(skip)]
     pub feature_cache: Option<std::path::PathBuf>,
-    /// `nli`: also train on the training split's contradictions with the
-    /// two texts swapped ([`super::data::with_swapped_contradictions`]).
-    pub swap_contradictions: bool,
 }
 
 /// What a run produced.
@@ -66,8 +63,6 @@ pub struct TrainOutcome {
     /// Features came from `--feature-cache`; computing them took this long
     /// in the run that saved them.
     pub features_loaded: Option<f64>,
-    /// Training-only pairs added by `swap_contradictions`.
-    pub swapped: usize,
 }
 
 /// Frozen features of one example: hidden state entering the first trained
@@ -609,25 +604,12 @@ pub fn train(
     // Extra data is only trained on.
     let extra = data.examples.len() - data.validated;
     train_idx.extend(data.validated..data.examples.len());
-    let mut used: Vec<usize> = used
+    let used: Vec<usize> = used
         .into_iter()
         .chain(data.validated..data.examples.len())
         .collect();
-    // Swapped pairs come from the training side only, after the split.
-    let augmented;
-    let mut swapped = 0;
-    let data = if cfg.swap_contradictions {
-        let (aug, added) = super::data::with_swapped_contradictions(data, &train_idx)?;
-        swapped = added.len();
-        train_idx.extend(&added);
-        used.extend(&added);
-        augmented = aug;
-        &augmented
-    } else {
-        data
-    };
     eprintln!(
-        "{}: {} examples ({} train of which {extra} extra and {swapped} swapped, {} validation), {} labels",
+        "{}: {} examples ({} train of which {extra} extra, {} validation), {} labels",
         data.source.display(),
         used.len(),
         train_idx.len(),
@@ -694,7 +676,6 @@ pub fn train(
         history: train_loop.history,
         cache_secs,
         features_loaded,
-        swapped,
     })
 }
 
