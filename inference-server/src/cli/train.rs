@@ -78,6 +78,10 @@ pub struct TrainArgs {
     /// (training only; the validation split stays MMLU-Pro's).
     #[arg(long)]
     pub mmlu_extra: bool,
+    /// `domain` only: also train on TruthfulQA's short questions whose
+    /// category names a domain (training only).
+    #[arg(long)]
+    pub truthfulqa_extra: bool,
     /// Base encoder: a local directory or a Hugging Face hub id.
     #[arg(long, env = "VSR_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
     pub base_model: String,
@@ -108,6 +112,19 @@ impl TrainArgs {
     }
 }
 
+/// The training-only data sets a run adds (`task.json` metadata): `mmlu`,
+/// `truthfulqa`, both joined by `+`, or none.
+fn extra_data_name(args: &TrainArgs) -> Option<String> {
+    let names: Vec<&str> = [
+        args.mmlu_extra.then_some("mmlu"),
+        args.truthfulqa_extra.then_some("truthfulqa"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!names.is_empty()).then(|| names.join("+"))
+}
+
 /// `vsr` and its arguments as typed, for the model card.
 pub fn command_line() -> String {
     std::iter::once("vsr".to_string())
@@ -128,6 +145,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         &args.data,
         data::LoadOptions {
             mmlu_extra: args.mmlu_extra,
+            truthfulqa_extra: args.truthfulqa_extra,
         },
     )?;
     let cfg = args.config();
@@ -136,7 +154,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         "trained_by": "vsr train",
         "dataset": dataset.source.file_name().map(|f| f.to_string_lossy().into_owned()),
         "split": {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "max_examples": cfg.max_examples},
-        "extra_training_data": args.mmlu_extra.then_some("mmlu"),
+        "extra_training_data": extra_data_name(&args),
         "base_model": base_id,
         "base_model_sha256": base_sha,
     });

@@ -67,6 +67,9 @@ pub struct Dataset {
 pub struct LoadOptions {
     /// `domain`: also train on MMLU questions (`domain/mmlu/{dev,test}`).
     pub mmlu_extra: bool,
+    /// `domain`: also train on TruthfulQA's short questions whose category
+    /// names a domain (`factcheck/truthfulqa/TruthfulQA.csv`).
+    pub truthfulqa_extra: bool,
 }
 
 /// Tasks `vsr train` / `vsr eval` can read data for.
@@ -165,16 +168,20 @@ pub fn load(task: &str, data: &Path) -> anyhow::Result<Dataset> {
 
 /// [`load`] with extra training data.
 pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<Dataset> {
-    if opts.mmlu_extra && task != "domain" {
-        bail!("MMLU extra data is for the `domain` task only");
+    if (opts.mmlu_extra || opts.truthfulqa_extra) && task != "domain" {
+        bail!("MMLU and TruthfulQA extra data are for the `domain` task only");
     }
     match task {
-        "domain" if opts.mmlu_extra => {
+        "domain" => {
             let mut d = load_domain(data)?;
-            add_mmlu(&mut d)?;
+            if opts.mmlu_extra {
+                add_mmlu(&mut d)?;
+            }
+            if opts.truthfulqa_extra {
+                add_truthfulqa(&mut d)?;
+            }
             Ok(d)
         }
-        "domain" => load_domain(data),
         "jailbreak" => load_jailbreak(data),
         "fact_check" => load_fact_check(data),
         "feedback" => load_feedback(data),
@@ -336,6 +343,87 @@ fn add_mmlu(d: &mut Dataset) -> anyhow::Result<()> {
         } else {
             skipped.join(", ")
         }
+    ));
+    Ok(())
+}
+
+/// TruthfulQA categories that name one of the 14 domains, mapped as
+/// MMLU-Pro maps the matching MMLU subjects (sociology and politics are
+/// `other`, world religions `philosophy`, statistics `math`); categories
+/// about misconceptions, fiction, language and the like name no domain.
+const TRUTHFULQA_DOMAINS: [(&str, &str); 11] = [
+    ("Law", "law"),
+    ("Health", "health"),
+    ("Nutrition", "health"),
+    ("Economics", "economics"),
+    ("Finance", "business"),
+    ("History", "history"),
+    ("Psychology", "psychology"),
+    ("Sociology", "other"),
+    ("Politics", "other"),
+    ("Religion", "philosophy"),
+    ("Statistics", "math"),
+];
+
+/// Training-only short questions for `domain`: MMLU-Pro's questions are
+/// long and exam-like, the router's prompts are short; TruthfulQA's
+/// questions in [`TRUTHFULQA_DOMAINS`] categories are short and labelled by
+/// their authors. Read from `factcheck/truthfulqa/TruthfulQA.csv` beside
+/// the `domain` folder.
+fn add_truthfulqa(d: &mut Dataset) -> anyhow::Result<()> {
+    let root = d
+        .source
+        .parent()
+        .and_then(Path::parent)
+        .context("MMLU-Pro file has no datasets root")?;
+    let file = root.join("factcheck/truthfulqa/TruthfulQA.csv");
+    if !file.is_file() {
+        bail!(
+            "--truthfulqa-extra: no {} (pass the datasets root as --data)",
+            file.display()
+        );
+    }
+    let mut known: std::collections::HashSet<String> =
+        d.examples.iter().map(|e| normalize(&e.text)).collect();
+    let origin = d.origins.len();
+    d.origins.push("TruthfulQA (training only)".into());
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in read_csv(&file, ',')? {
+        let category = field(&r, "Category").trim();
+        let q = field(&r, "Question").trim();
+        let Some((_, name)) = TRUTHFULQA_DOMAINS.iter().find(|(c, _)| *c == category) else {
+            continue;
+        };
+        let label = DOMAIN_LABELS
+            .iter()
+            .position(|l| l == name)
+            .context("TruthfulQA mapping names an unknown domain")?;
+        if q.is_empty() || !known.insert(normalize(q)) {
+            continue;
+        }
+        d.examples.push(Example {
+            text: q.to_string(),
+            second: None,
+            label,
+            origin,
+        });
+        *counts.entry(name).or_default() += 1;
+    }
+    let added: usize = counts.values().sum();
+    d.sources.push(format!(
+        "`{}` (`Question`; training only, never validated on): {added} questions whose \
+         `Category` names a domain ({}), label by that category: {}",
+        file.display(),
+        TRUTHFULQA_DOMAINS
+            .iter()
+            .map(|(c, l)| format!("{c} → {l}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        counts
+            .iter()
+            .map(|(l, n)| format!("{l} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     Ok(())
 }
@@ -1327,7 +1415,15 @@ mod tests {
         .unwrap();
         let plain = load("domain", root.path()).unwrap();
         assert_eq!((plain.validated, plain.examples.len()), (2, 2));
-        let ds = load_with("domain", root.path(), LoadOptions { mmlu_extra: true }).unwrap();
+        let ds = load_with(
+            "domain",
+            root.path(),
+            LoadOptions {
+                mmlu_extra: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(ds.validated, 2);
         assert_eq!(ds.examples[..2], plain.examples[..]);
         let extra: Vec<(&str, &str)> = ds.examples[2..]
@@ -1341,7 +1437,64 @@ mod tests {
             "{}",
             ds.sources[1]
         );
-        assert!(load_with("jailbreak", root.path(), LoadOptions { mmlu_extra: true }).is_err());
+        assert!(load_with(
+            "jailbreak",
+            root.path(),
+            LoadOptions {
+                mmlu_extra: true,
+                ..Default::default()
+            }
+        )
+        .is_err());
+    }
+
+    /// TruthfulQA questions join as training-only data when their category
+    /// names a domain; other categories, copies and blanks stay out; a
+    /// missing file is an error naming it.
+    #[test]
+    fn truthfulqa_extra_maps_categories() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("domain");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join(DOMAIN_FILE),
+            "{\"question\": \"Who won the Battle of Hastings?\", \"category\": \"history\"}\n",
+        )
+        .unwrap();
+        let opts = LoadOptions {
+            truthfulqa_extra: true,
+            ..Default::default()
+        };
+        let err = load_with("domain", root.path(), opts).unwrap_err();
+        assert!(format!("{err:#}").contains("TruthfulQA.csv"), "{err:#}");
+
+        let t = root.path().join("factcheck/truthfulqa");
+        std::fs::create_dir_all(&t).unwrap();
+        std::fs::write(
+            t.join("TruthfulQA.csv"),
+            "Type,Category,Question,Best Answer\n\
+             Adversarial,Law,\"Is it legal to own a pet kangaroo, in Texas?\",It depends\n\
+             Adversarial,Finance,What investment has no risk?,None\n\
+             Adversarial,Fiction,What do dragons eat?,They do not exist\n\
+             Adversarial,History,Who won the Battle of Hastings?,William\n\
+             Adversarial,Religion,,x\n",
+        )
+        .unwrap();
+        let ds = load_with("domain", root.path(), opts).unwrap();
+        assert_eq!(ds.validated, 1);
+        let extra: Vec<(&str, &str, usize)> = ds.examples[1..]
+            .iter()
+            .map(|e| (e.text.as_str(), ds.labels[e.label].as_str(), e.origin))
+            .collect();
+        assert_eq!(
+            extra,
+            [
+                ("Is it legal to own a pet kangaroo, in Texas?", "law", 1),
+                ("What investment has no risk?", "business", 1),
+            ]
+        );
+        assert_eq!(ds.origins[1], "TruthfulQA (training only)");
+        assert!(ds.sources[1].contains("business 1, law 1"), "{}", ds.sources[1]);
     }
 
     #[test]
