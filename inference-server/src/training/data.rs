@@ -1494,7 +1494,11 @@ mod tests {
             ]
         );
         assert_eq!(ds.origins[1], "TruthfulQA (training only)");
-        assert!(ds.sources[1].contains("business 1, law 1"), "{}", ds.sources[1]);
+        assert!(
+            ds.sources[1].contains("business 1, law 1"),
+            "{}",
+            ds.sources[1]
+        );
     }
 
     #[test]
