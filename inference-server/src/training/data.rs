@@ -368,21 +368,17 @@ const TRUTHFULQA_DOMAINS: [(&str, &str); 11] = [
 /// Training-only short questions for `domain`: MMLU-Pro's questions are
 /// long and exam-like, the router's prompts are short; TruthfulQA's
 /// questions in [`TRUTHFULQA_DOMAINS`] categories are short and labelled by
-/// their authors. Read from `factcheck/truthfulqa/TruthfulQA.csv` beside
-/// the `domain` folder.
+/// their authors. Read from the `fact_check` data folder beside the
+/// `domain` folder.
 fn add_truthfulqa(d: &mut Dataset) -> anyhow::Result<()> {
     let root = d
         .source
         .parent()
         .and_then(Path::parent)
         .context("MMLU-Pro file has no datasets root")?;
-    let file = root.join("factcheck/truthfulqa/TruthfulQA.csv");
-    if !file.is_file() {
-        bail!(
-            "--truthfulqa-extra: no {} (pass the datasets root as --data)",
-            file.display()
-        );
-    }
+    let file = factcheck_folder(root)
+        .context("--truthfulqa-extra reads TruthfulQA from the datasets root given as --data")?
+        .join(TRUTHFULQA_FILE);
     let mut known: std::collections::HashSet<String> =
         d.examples.iter().map(|e| normalize(&e.text)).collect();
     let origin = d.origins.len();
@@ -739,15 +735,24 @@ fn load_jailbreak(data: &Path) -> anyhow::Result<Dataset> {
     b.finish(dir, note, probes)
 }
 
-/// `fact_check`: questions whose answer is a checkable fact (NQ-open,
-/// TruthfulQA) vs. creative, role-play, code and computation instructions.
-fn load_fact_check(data: &Path) -> anyhow::Result<Dataset> {
-    let dir = task_folder(
+/// TruthfulQA inside the `fact_check` data folder (also read by
+/// `--truthfulqa-extra` for `domain`).
+const TRUTHFULQA_FILE: &str = "truthfulqa/TruthfulQA.csv";
+
+/// The `fact_check` data folder under `data`, or `data` itself.
+fn factcheck_folder(data: &Path) -> anyhow::Result<PathBuf> {
+    task_folder(
         "fact_check",
         data,
         &["factcheck", "fact_check"],
-        "truthfulqa/TruthfulQA.csv",
-    )?;
+        TRUTHFULQA_FILE,
+    )
+}
+
+/// `fact_check`: questions whose answer is a checkable fact (NQ-open,
+/// TruthfulQA) vs. creative, role-play, code and computation instructions.
+fn load_fact_check(data: &Path) -> anyhow::Result<Dataset> {
+    let dir = factcheck_folder(data)?;
     let mut b = Builder::new(&FACT_CHECK_LABELS);
     for (name, file) in [
         ("NQ-open dev", "nq_open/NQ-open.dev.jsonl"),
@@ -769,7 +774,7 @@ fn load_fact_check(data: &Path) -> anyhow::Result<Dataset> {
             b.push(&as_typed_question(q, n % 2 == 0), "needs_fact_check", o);
         }
     }
-    let f = dir.join("truthfulqa/TruthfulQA.csv");
+    let f = dir.join(TRUTHFULQA_FILE);
     let o = b.origin("TruthfulQA", &f, "`Question` → `needs_fact_check`");
     for r in read_csv(&f, ',')? {
         b.push(field(&r, "Question"), "needs_fact_check", o);
