@@ -82,6 +82,10 @@ pub struct TrainArgs {
     /// category names a domain (training only).
     #[arg(long)]
     pub truthfulqa_extra: bool,
+    /// `pii` only: also train on WNUT-17's training and dev tweets (training
+    /// only; its test file is left for `vsr eval --all`).
+    #[arg(long)]
+    pub wnut_extra: bool,
     /// Base encoder: a local directory or a Hugging Face hub id.
     #[arg(long, env = "VSR_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
     pub base_model: String,
@@ -110,14 +114,24 @@ impl TrainArgs {
             feature_cache: self.feature_cache.clone(),
         }
     }
+
+    /// The extra training data asked for.
+    pub fn load_options(&self) -> data::LoadOptions {
+        data::LoadOptions {
+            mmlu_extra: self.mmlu_extra,
+            truthfulqa_extra: self.truthfulqa_extra,
+            wnut_extra: self.wnut_extra,
+        }
+    }
 }
 
 /// The training-only data sets a run adds (`task.json` metadata): `mmlu`,
-/// `truthfulqa`, both joined by `+`, or none.
-fn extra_data_name(args: &TrainArgs) -> Option<String> {
+/// `truthfulqa`, `wnut17`, joined by `+`, or none.
+pub fn extra_data_name(args: &TrainArgs) -> Option<String> {
     let names: Vec<&str> = [
         args.mmlu_extra.then_some("mmlu"),
         args.truthfulqa_extra.then_some("truthfulqa"),
+        args.wnut_extra.then_some("wnut17"),
     ]
     .into_iter()
     .flatten()
@@ -140,14 +154,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let wall = Instant::now();
     let command = command_line();
     let (base_dir, base_id) = resolve_base(&args.base_model)?;
-    let dataset = data::load_with(
-        &args.task,
-        &args.data,
-        data::LoadOptions {
-            mmlu_extra: args.mmlu_extra,
-            truthfulqa_extra: args.truthfulqa_extra,
-        },
-    )?;
+    let dataset = data::load_with(&args.task, &args.data, args.load_options())?;
     let cfg = args.config();
     let base_sha = trainer::sha256_file(&base_dir.join("model.safetensors"))?;
     let metadata = serde_json::json!({

@@ -70,6 +70,9 @@ pub struct LoadOptions {
     /// `domain`: also train on TruthfulQA's short questions whose category
     /// names a domain (`factcheck/truthfulqa/TruthfulQA.csv`).
     pub truthfulqa_extra: bool,
+    /// `pii`: also train on WNUT-17's training and dev tweets
+    /// (`pii/wnut17/`; its test file stays unseen for `vsr eval`).
+    pub wnut_extra: bool,
 }
 
 /// Tasks `vsr train` / `vsr eval` can read data for.
@@ -170,6 +173,9 @@ pub fn load(task: &str, data: &Path) -> anyhow::Result<Dataset> {
 pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<Dataset> {
     if (opts.mmlu_extra || opts.truthfulqa_extra) && task != "domain" {
         bail!("MMLU and TruthfulQA extra data are for the `domain` task only");
+    }
+    if opts.wnut_extra {
+        bail!("WNUT-17 extra data is for the `pii` task only");
     }
     match task {
         "domain" => {

@@ -688,6 +688,7 @@ pub fn load(data: &Path) -> anyhow::Result<TokenDataset> {
     );
     Ok(TokenDataset {
         labels: LABELS.iter().map(|s| s.to_string()).collect(),
+        validated: examples.len(),
         examples,
         sources: files,
         note,

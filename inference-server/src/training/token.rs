@@ -176,6 +176,26 @@ impl SpanReport {
     }
 }
 
+/// One row per source: texts, gold spans, micro strict and overlap F1.
+/// CoNLL sources label only PERSON, GPE and ORGANIZATION, so any other
+/// type found in them counts as a false positive here.
+pub fn sources_markdown(by_source: &BTreeMap<&str, SpanReport>) -> String {
+    let mut s = String::from(
+        "| source | texts | gold spans | strict F1 | overlap F1 |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (source, r) in by_source {
+        let _ = writeln!(
+            s,
+            "| {source} | {} | {} | {:.3} | {:.3} |",
+            r.texts,
+            r.total().gold,
+            r.micro_strict().f1,
+            r.micro_overlap().f1
+        );
+    }
+    s
+}
+
 fn spans_of(es: &[Entity]) -> Vec<(usize, usize, &str)> {
     es.iter()
         .map(|e| (e.byte_start, e.byte_end, e.kind.as_str()))
@@ -967,8 +987,13 @@ impl LoadedTokenTask {
         let mut out = Scored::default();
         for (&i, (m, s)) in indices.iter().zip(self.entities(&texts, batch_size)?) {
             let ex = &data.examples[i];
+            let (predicted, gold) = (spans_of(&s), gold_of(ex.gold.iter()));
             out.head.add(&spans_of(&m), &gold_of(ex.model_spans()));
-            out.served.add(&spans_of(&s), &gold_of(ex.gold.iter()));
+            out.served.add(&predicted, &gold);
+            out.served_by_source
+                .entry(ex.source)
+                .or_default()
+                .add(&predicted, &gold);
             out.served_entities.push(s);
         }
         Ok(out)
@@ -982,6 +1007,8 @@ pub struct Scored {
     pub head: SpanReport,
     /// Head ∪ recognizers, against every gold type.
     pub served: SpanReport,
+    /// [`Scored::served`] per source file (short name): where the errors are.
+    pub served_by_source: BTreeMap<&'static str, SpanReport>,
     /// The served entities of each scored text, in order.
     pub served_entities: Vec<Vec<Entity>>,
 }
@@ -996,6 +1023,7 @@ pub struct TokenCard<'a> {
     pub base_sha256: &'a str,
     pub head: &'a SpanReport,
     pub served: &'a SpanReport,
+    pub served_by_source: &'a BTreeMap<&'static str, SpanReport>,
     pub eval_max_tokens: usize,
     pub wall_secs: f64,
     pub command: &'a str,
@@ -1041,7 +1069,7 @@ pub fn render_card(c: &TokenCard) -> String {
     let _ = writeln!(
         s,
         "* split: seeded by group (seed {}): the sentences of one presidio template, or one CoNLL sentence, \
-         are all in train or all in validation; {} train / {} validation texts ({:.0}% of the groups){}",
+         are all in train or all in validation; {} train / {} validation texts ({:.0}% of the groups){}{}",
         cfg.seed,
         o.train_indices.len(),
         o.val_indices.len(),
@@ -1049,6 +1077,10 @@ pub fn render_card(c: &TokenCard) -> String {
         match cfg.max_examples {
             Some(m) => format!(", from a seeded subset of {m} texts"),
             None => String::new(),
+        },
+        match c.data.examples.len() - c.data.validated {
+            0 => String::new(),
+            n => format!("; the train side includes {n} training-only texts"),
         }
     );
     let _ = writeln!(s, "\n## Model\n");
@@ -1094,6 +1126,8 @@ pub fn render_card(c: &TokenCard) -> String {
         cfg.task
     );
     s.push_str(&c.served.to_markdown());
+    let _ = writeln!(s, "\n### As served, per source\n");
+    s.push_str(&sources_markdown(c.served_by_source));
     card::reproduce(&mut s, c.command);
     s
 }
@@ -1246,7 +1280,7 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
     let wall = Instant::now();
     let command = crate::cli::train::command_line();
     let (base_dir, base_id) = crate::sidecar::loader::resolve_base(&args.base_model)?;
-    let data = token_data::load(&args.task, &args.data)?;
+    let data = token_data::load_with(&args.task, &args.data, args.load_options())?;
     let cfg = args.config();
     let (train_idx, val_idx) = split(&data, cfg.max_examples, cfg.val_fraction, cfg.seed);
     let base_sha = trainer::sha256_file(&base_dir.join("model.safetensors"))?;
@@ -1254,6 +1288,7 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
         "trained_by": "vsr train",
         "datasets": data.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "split": {"by": "group", "seed": cfg.seed, "val_fraction": cfg.val_fraction, "max_examples": cfg.max_examples},
+        "extra_training_data": crate::cli::train::extra_data_name(args),
         "base_model": base_id,
         "base_model_sha256": base_sha,
     });
@@ -1290,7 +1325,12 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let Scored { head, served, .. } = task.score(&data, &outcome.val_indices, 32)?;
+    let Scored {
+        head,
+        served,
+        served_by_source,
+        ..
+    } = task.score(&data, &outcome.val_indices, 32)?;
     let wall_secs = wall.elapsed().as_secs_f64();
     let md = render_card(&TokenCard {
         cfg: &cfg,
@@ -1300,6 +1340,7 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
         base_sha256: &base_sha,
         head: &head,
         served: &served,
+        served_by_source: &served_by_source,
         eval_max_tokens: eval_tokens,
         wall_secs,
         command: &command,
@@ -1324,18 +1365,22 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
 /// Token F1 of the positive label a pair-token head should reach.
 pub const TARGET_TOKEN_F1: f64 = 0.6;
 
-/// The seeded subset and group split (the same for train and eval).
+/// The seeded subset and group split (the same for train and eval);
+/// training-only examples (past [`TokenDataset::validated`]) join train.
 pub fn split(
     data: &TokenDataset,
     max_examples: Option<usize>,
     val_fraction: f64,
     seed: u64,
 ) -> (Vec<usize>, Vec<usize>) {
-    let used = super::data::subsample(data.examples.len(), max_examples, seed);
+    let used = super::data::subsample(data.validated, max_examples, seed);
     let subset: Vec<_> = used.iter().map(|&i| data.examples[i].clone()).collect();
     let (t, v) = token_data::group_split(&subset, val_fraction, seed);
     (
-        t.into_iter().map(|j| used[j]).collect(),
+        t.into_iter()
+            .map(|j| used[j])
+            .chain(data.validated..data.examples.len())
+            .collect(),
         v.into_iter().map(|j| used[j]).collect(),
     )
 }
@@ -1451,6 +1496,7 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
     let Scored {
         head,
         served,
+        served_by_source,
         served_entities,
     } = task.score(&data, &indices, 32)?;
     if args.errors > 0 {
@@ -1459,19 +1505,17 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"head": head, "served": served}))?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "head": head, "served": served, "served_by_source": served_by_source,
+            }))?
         );
     } else {
         println!(
-            "{} ({}):\n\nhead alone:\n{}\nas served (head ∪ recognizers):\n{}",
+            "{} ({which}):\n\nhead alone:\n{}\nas served (head ∪ recognizers):\n{}\nas served, per source:\n{}",
             args.task,
-            if args.all || split_meta.is_null() {
-                "all examples"
-            } else {
-                "validation split"
-            },
             head.to_markdown(),
-            served.to_markdown()
+            served.to_markdown(),
+            sources_markdown(&served_by_source)
         );
     }
     Ok(ExitCode::SUCCESS)

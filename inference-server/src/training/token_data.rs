@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
+use super::data::LoadOptions;
 use super::Rng;
 use crate::sidecar::tokenize::Tokenization;
 
@@ -95,6 +96,10 @@ pub struct TokenDataset {
     /// Files read.
     pub sources: Vec<PathBuf>,
     pub note: String,
+    /// `examples[..validated]` are split into train and validation; the
+    /// rest (extra data, see [`LoadOptions`]) is only trained on, so the
+    /// validation split does not depend on it.
+    pub validated: usize,
 }
 
 /// `O`, `B-T`, `I-T` for each type, in that order.
@@ -131,6 +136,10 @@ pub fn presidio_type(t: &str) -> Option<&'static str> {
         _ => return None, // TITLE, PREFIX
     })
 }
+
+/// [`conll_type`] in words, for model cards.
+const CONLL_MAPPING: &str = "CoNLL PER/person→PERSON, LOC/location→GPE, \
+     ORG/corporation/group→ORGANIZATION, MISC/product/creative-work dropped";
 
 /// CoNLL tag type (wikigold `PER`/`LOC`/`ORG`/`MISC`, WNUT-17 lower-case
 /// names) → served type.
@@ -422,13 +431,44 @@ fn pii_files(data: &Path) -> anyhow::Result<Vec<(PathBuf, &'static str)>> {
     Ok(files)
 }
 
-/// Loads the `pii` data.
+/// Loads the `pii` (or `hallucination`) data.
 pub fn load(task: &str, data: &Path) -> anyhow::Result<TokenDataset> {
+    load_with(task, data, LoadOptions::default())
+}
+
+/// WNUT-17's training and dev files (`pii/wnut17/`) with their short
+/// names, the `--wnut-extra` data; its test file (`emerging.test.annotated`)
+/// is never trained on.
+const WNUT_TRAIN_FILES: [(&str, &str); 2] = [
+    ("wnut17/wnut17train.conll", "wnut17train"),
+    ("wnut17/emerging.dev.conll", "emerging.dev"),
+];
+
+/// [`load`] with extra training data. `data` may also be one CoNLL file
+/// (e.g. WNUT-17's test set): its sentences, with no generated ones, for
+/// `vsr eval --all`.
+pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<TokenDataset> {
+    if opts.mmlu_extra || opts.truthfulqa_extra {
+        bail!("MMLU and TruthfulQA extra data are for the `domain` task only");
+    }
     if task == super::hallucination_data::TASK {
+        if opts.wnut_extra {
+            bail!("WNUT-17 extra data is for the `pii` task only");
+        }
         return super::hallucination_data::load(data);
     }
     if task != "pii" {
         bail!("no token data loader for task `{task}` (supported: pii, hallucination)");
+    }
+    if data.is_file() {
+        let examples = load_conll(data, "conll", false)?;
+        return Ok(TokenDataset {
+            labels: bio_labels(&PII_MODEL_TYPES),
+            validated: examples.len(),
+            examples,
+            sources: vec![data.to_path_buf()],
+            note: format!("one CoNLL file; {CONLL_MAPPING}"),
+        });
     }
     let mut examples = Vec::new();
     let mut sources = Vec::new();
@@ -455,23 +495,37 @@ pub fn load(task: &str, data: &Path) -> anyhow::Result<TokenDataset> {
         examples.extend(ex);
         sources.push(dir);
     }
+    let validated = examples.len();
+    let mut wnut = String::new();
+    if opts.wnut_extra {
+        let mut n = 0;
+        for (f, short) in WNUT_TRAIN_FILES {
+            let path = root.join(f);
+            let ex = load_conll(&path, short, false)?;
+            eprintln!("{}: {} tweets (training only)", path.display(), ex.len());
+            n += ex.len();
+            examples.extend(ex);
+            sources.push(path);
+        }
+        wnut = format!("; {n} WNUT-17 training and dev tweets added as training-only data");
+    }
     Ok(TokenDataset {
         labels: bio_labels(&PII_MODEL_TYPES),
         examples,
         sources,
+        validated,
         note: format!(
             "presidio types GPE/LOCATION→GPE, ADDRESS→STREET_ADDRESS; TITLE, PREFIX dropped; \
              e-mail, phone, card, IBAN, SSN, IP, domain, URL are left to the recognizers (O \
-             for the model, gold for the served evaluation); CoNLL PER/person→PERSON, \
-             LOC/location→GPE, ORG/corporation/group→ORGANIZATION, MISC/product/creative-work \
-             dropped; overlapping gold spans: the longest kept; presidio records' \
+             for the model, gold for the served evaluation); {CONLL_MAPPING}; overlapping gold \
+             spans: the longest kept; presidio records' \
              Windows-1255 mojibake \"ג€“\" repaired to \"–\" (offsets follow); {generated} \
              sentences generated from presidio's templates ({PII_SYNTH_PER_TEMPLATE} per \
              template, seed {PII_SYNTH_SEED}; `training/pii_synth.rs`; the templates' `\\n` \
              escapes read as line breaks): placeholders filled from its fake \
              identities, organisations, nationalities and licences, and with Luhn-valid cards, \
              mod-97 IBANs and SSNs in the issued ranges; the sentences of one template share a \
-             split group"
+             split group{wnut}"
         ),
     })
 }
@@ -713,6 +767,101 @@ mod tests {
         );
         let ex = load_conll(&p, "n", false).unwrap();
         assert_eq!(spans(&ex[0]), [("GPE".into(), "New York".into())]);
+    }
+
+    /// `--wnut-extra` appends WNUT-17's training and dev tweets after the
+    /// validated examples: the validation split is the one without them and
+    /// every tweet trains. A lone CoNLL file (WNUT-17's test set) loads
+    /// whole for `vsr eval --all`.
+    #[test]
+    fn wnut_extra_is_training_only() {
+        let root = tempfile::tempdir().unwrap();
+        let pii = root.path().join("pii");
+        for d in [
+            "presidio_research/data",
+            "presidio_research/tests/data",
+            "wikigold",
+            "wnut17",
+        ] {
+            std::fs::create_dir_all(pii.join(d)).unwrap();
+        }
+        let records = |n: usize| {
+            let rows: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        r#"{{"full_text": "Call Ann now {i}.", "template_id": {i}, "spans": [{{"entity_type": "PERSON", "start_position": 5, "end_position": 8}}]}}"#
+                    )
+                })
+                .collect();
+            format!("[{}]", rows.join(","))
+        };
+        write(
+            &pii,
+            "presidio_research/data/synth_dataset_v2.json",
+            &records(20),
+        );
+        write(
+            &pii,
+            "presidio_research/tests/data/generated_large.json",
+            &records(20),
+        );
+        write(&pii, "wikigold/wikigold.conll.txt", "Acme I-ORG\nrocks O\n");
+        write(
+            &pii,
+            "wnut17/wnut17train.conll",
+            "hi\tO\n@bob\tO\nin\tO\nParis\tB-location\n\nok\tO\n",
+        );
+        let test = write(
+            &pii,
+            "wnut17/emerging.test.annotated",
+            "Ann\tB-person\nLee\tI-person\n",
+        );
+
+        let plain = load("pii", root.path()).unwrap();
+        // The dev file is missing: an error naming it.
+        let opts = LoadOptions {
+            wnut_extra: true,
+            ..Default::default()
+        };
+        let err = load_with("pii", root.path(), opts).unwrap_err();
+        assert!(format!("{err:#}").contains("emerging.dev.conll"), "{err:#}");
+        write(
+            &pii,
+            "wnut17/emerging.dev.conll",
+            "Acme\tB-corporation\nfans\tO\n",
+        );
+        let extra = load_with("pii", root.path(), opts).unwrap();
+        assert_eq!(extra.validated, plain.examples.len());
+        assert_eq!(extra.examples.len(), plain.examples.len() + 3);
+        let tweets: Vec<(&str, Vec<&str>)> = extra.examples[extra.validated..]
+            .iter()
+            .map(|e| {
+                (
+                    e.text.as_str(),
+                    e.gold.iter().map(|s| s.kind.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            tweets,
+            [
+                ("hi @bob in Paris", vec!["GPE"]),
+                ("ok", vec![]),
+                ("Acme fans", vec!["ORGANIZATION"])
+            ]
+        );
+        let (t0, v0) = crate::training::token::split(&plain, None, 0.1, 42);
+        let (t1, v1) = crate::training::token::split(&extra, None, 0.1, 42);
+        assert_eq!(v1, v0, "validation split unchanged");
+        assert!(!v0.is_empty());
+        let (n0, n) = (plain.examples.len(), extra.examples.len());
+        assert_eq!(t1, t0.into_iter().chain(n0..n).collect::<Vec<_>>());
+        assert!(load_with("hallucination", root.path(), opts).is_err());
+
+        let alone = load("pii", &test).unwrap();
+        assert_eq!(alone.validated, 1);
+        assert_eq!(alone.examples[0].text, "Ann Lee");
+        assert_eq!(alone.examples[0].gold[0].kind, "PERSON");
     }
 
     #[test]
