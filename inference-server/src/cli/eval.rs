@@ -49,6 +49,11 @@ pub struct EvalArgs {
     /// spans differ from the gold ones (`-` missed gold, `+` extra prediction).
     #[arg(long, default_value_t = 0)]
     pub errors: usize,
+    /// Token tasks: score only these entity types (comma-separated), for
+    /// data that labels a few types, e.g. `PERSON,GPE,ORGANIZATION` for
+    /// WNUT-17: other types found there would count as false positives.
+    #[arg(long, value_delimiter = ',')]
+    pub types: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -126,6 +126,15 @@ impl SpanReport {
             })
     }
 
+    /// The scores of `types` alone (all types when empty). Exact: a span
+    /// only ever matches a gold span of its own type.
+    pub fn only(mut self, types: &[String]) -> Self {
+        if !types.is_empty() {
+            self.per_type.retain(|k, _| types.contains(k));
+        }
+        self
+    }
+
     /// Micro-averaged strict scores.
     pub fn micro_strict(&self) -> Prf {
         let t = self.total();
@@ -1499,6 +1508,11 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
         served_by_source,
         served_entities,
     } = task.score(&data, &indices, 32)?;
+    let (head, served) = (head.only(&args.types), served.only(&args.types));
+    let served_by_source: BTreeMap<_, _> = served_by_source
+        .into_iter()
+        .map(|(k, r)| (k, r.only(&args.types)))
+        .collect();
     if args.errors > 0 {
         print_errors(&data, &indices, &served_entities, args.errors);
     }
@@ -1511,8 +1525,13 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         println!(
-            "{} ({which}):\n\nhead alone:\n{}\nas served (head ∪ recognizers):\n{}\nas served, per source:\n{}",
+            "{} ({which}{}):\n\nhead alone:\n{}\nas served (head ∪ recognizers):\n{}\nas served, per source:\n{}",
             args.task,
+            if args.types.is_empty() {
+                String::new()
+            } else {
+                format!("; types {}", args.types.join(", "))
+            },
             head.to_markdown(),
             served.to_markdown(),
             sources_markdown(&served_by_source)
@@ -1569,5 +1588,23 @@ mod tests {
         assert!((m.precision - 1.0 / 3.0).abs() < 1e-12 && (m.recall - 1.0 / 3.0).abs() < 1e-12);
         assert!((r.micro_overlap().f1 - 2.0 / 3.0).abs() < 1e-12);
         assert!(r.to_markdown().contains("| PERSON | 2 | 2 |"));
+
+        // Restricted to PERSON: LOCATION's gold and prediction leave the micro scores.
+        let only = r.clone().only(&["PERSON".to_string()]);
+        assert_eq!(only.per_type.len(), 1);
+        assert!((only.micro_strict().f1 - 0.5).abs() < 1e-12);
+        assert_eq!(r.clone().only(&[]).per_type.len(), 2);
+    }
+
+    /// The per-source table has a row per source with its micro scores.
+    #[test]
+    fn sources_table_rows() {
+        let mut a = SpanReport::default();
+        a.add(&[(0, 4, "PERSON")], &[(0, 4, "PERSON")]);
+        let mut b = SpanReport::default();
+        b.add(&[(0, 4, "DATE_TIME")], &[(0, 4, "GPE")]);
+        let md = sources_markdown(&BTreeMap::from([("presidio", a), ("wikigold", b)]));
+        assert!(md.contains("| presidio | 1 | 1 | 1.000 | 1.000 |"), "{md}");
+        assert!(md.contains("| wikigold | 1 | 1 | 0.000 | 0.000 |"), "{md}");
     }
 }
