@@ -155,7 +155,43 @@ pub fn token_entities(
         .filter_map(|(p, off)| off.map(|_| p))
         .collect();
     constrain_bio(labels, &rows, &mut tokens, text);
-    join_adjacent(entities(&tokens, text), text)
+    trim_punctuation_words(join_adjacent(entities(&tokens, text), text), text)
+}
+
+/// Cuts the words at either end of a span that hold no letter or digit,
+/// and drops spans left with none: on informal text the head runs a name
+/// into a dash or bracket ("Toni Kroos -", "[ Staaaahp") or tags a lone
+/// "[" or "*"; no entity begins or ends with a word of punctuation alone.
+fn trim_punctuation_words(spans: Vec<Entity>, text: &str) -> Vec<Entity> {
+    spans
+        .into_iter()
+        .filter_map(|mut e| {
+            let s = text.get(e.byte_start..e.byte_end)?;
+            let mut words: Vec<(usize, usize)> = Vec::new();
+            let mut open = None;
+            for (i, c) in s.char_indices() {
+                match (c.is_whitespace(), open) {
+                    (true, Some(b)) => {
+                        words.push((b, i));
+                        open = None;
+                    }
+                    (false, None) => open = Some(i),
+                    _ => {}
+                }
+            }
+            words.extend(open.map(|b| (b, s.len())));
+            let mut kept = words
+                .into_iter()
+                .filter(|&(a, b)| s[a..b].chars().any(char::is_alphanumeric));
+            let first = kept.next()?;
+            let (a, b) = (first.0, kept.last().unwrap_or(first).1);
+            e.start += s[..a].chars().count();
+            e.end -= s[b..].chars().count();
+            e.byte_end = e.byte_start + b;
+            e.byte_start += a;
+            Some(e)
+        })
+        .collect()
 }
 
 /// Joins spans of one type separated only by spaces or tabs, or touching:
@@ -572,6 +608,38 @@ mod tests {
             decoded(&labels, &rows, &offsets, text),
             [("Unionville (Orange)", "GPE".to_string())]
         );
+    }
+
+    #[test]
+    fn punctuation_words_are_cut_from_span_ends() {
+        let labels = label_set(&["O", "B-PERSON", "I-PERSON"]);
+        // "[ Zoë Kroos - ] lol [": the name ran into the brackets and dash,
+        // and a lone "[" was tagged.
+        let text = "[ Zoë Kroos - ] lol [";
+        let offsets = [
+            Some((0, 1)),
+            Some((2, 6)),
+            Some((7, 12)),
+            Some((13, 14)),
+            Some((15, 16)),
+            Some((17, 20)),
+            Some((21, 22)),
+        ];
+        let rows = [
+            row(&labels, "B-PERSON", "O", 0.9),
+            row(&labels, "I-PERSON", "O", 0.9),
+            row(&labels, "I-PERSON", "O", 0.9),
+            row(&labels, "I-PERSON", "O", 0.9),
+            row(&labels, "I-PERSON", "O", 0.9),
+            row(&labels, "O", "B-PERSON", 0.9),
+            row(&labels, "B-PERSON", "O", 0.9),
+        ];
+        let es = token_entities(&labels, &rows.concat(), labels.len(), &offsets, text);
+        assert_eq!(es.len(), 1, "{es:?}");
+        assert_eq!(&text[es[0].byte_start..es[0].byte_end], "Zoë Kroos");
+        // Character offsets follow ("ë" is two bytes).
+        assert_eq!((es[0].start, es[0].end), (2, 11));
+        assert_eq!((es[0].byte_start, es[0].byte_end), (2, 12));
     }
 
     #[test]
