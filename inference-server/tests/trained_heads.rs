@@ -157,3 +157,63 @@ fn jailbreak_labels_are_benign_then_jailbreak() {
     assert_eq!(spec["labels"], serde_json::json!(["benign", "jailbreak"]));
     assert_eq!(spec["kind"], "sequence");
 }
+
+/// The shipped `pii` head through the sidecar: a name and a city from the
+/// head, the SSN from the recognizers, and nothing from the head in chatter
+/// (an earlier head tagged "lol haha" and "Snickers" as `PERSON`).
+#[tokio::test]
+async fn shipped_pii_head_finds_names_not_chatter() {
+    let (spec, _) = shipped_task("pii");
+    assert_eq!(spec["kind"], "token");
+    let s = start(config(&repo_root().join("models"))).await;
+    let c = client(&s).await;
+    let spans = |text: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .classify(pb::ClassifyRequest {
+                    text: text.into(),
+                    tasks: vec!["pii".into()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            match &r.results[0].output {
+                Some(pb::task_result::Output::Tokens(t)) => t
+                    .entities
+                    .iter()
+                    .map(|e| {
+                        let piece = &text[e.byte_start as usize..e.byte_end as usize];
+                        (e.r#type.clone(), piece.to_string(), e.source.clone())
+                    })
+                    .collect::<Vec<_>>(),
+                other => panic!("pii is a token task, got {other:?}"),
+            }
+        }
+    };
+    let got = spans("My name is Maria Garcia and I live in Madrid. My SSN is 123-45-6789.").await;
+    let want = [
+        ("PERSON", "Maria Garcia", "model"),
+        ("GPE", "Madrid", "model"),
+        ("US_SSN", "123-45-6789", "pattern"),
+    ];
+    assert_eq!(
+        got.iter()
+            .map(|(k, p, s)| (k.as_str(), p.as_str(), s.as_str()))
+            .collect::<Vec<_>>(),
+        want
+    );
+    for chatter in [
+        "lol haha that was wild, [link](https://example.com/x) :D",
+        "Haha same, Snickers are the best lmao",
+    ] {
+        let got = spans(chatter).await;
+        assert!(
+            got.iter().all(|(_, _, source)| source != "model"),
+            "{chatter:?}: {got:?}"
+        );
+    }
+    drop(c);
+    s.shutdown().await.unwrap();
+}

@@ -1277,6 +1277,7 @@ impl token_data::TokenExample {
             "presidio_synth_v2" => "synth_dataset_v2",
             "presidio_generated_large" => "generated_large",
             "wikigold" => "wikigold",
+            super::pii_synth::SOURCE => super::pii_synth::RAW_DIR,
             other => other,
         }
     }
