@@ -8,21 +8,6 @@ mod sidecar_common;
 use sidecar_common::*;
 use vsr_proto::v1 as pb;
 
-fn classify(text: &str) -> pb::ClassifyRequest {
-    pb::ClassifyRequest {
-        text: text.into(),
-        tasks: vec!["pii".into()],
-        ..Default::default()
-    }
-}
-
-fn entities(r: &pb::TaskResult) -> &[pb::EntitySpan] {
-    match &r.output {
-        Some(pb::task_result::Output::Tokens(t)) => &t.entities,
-        other => panic!("pii is a token task, got {other:?}"),
-    }
-}
-
 /// Every span's char offsets and byte offsets cut out the same text.
 fn check_offsets(text: &str, es: &[pb::EntitySpan]) {
     for e in es {
@@ -48,7 +33,7 @@ async fn pii_without_a_head_answers_from_the_recognizers() {
     let s = start(config(empty.path())).await;
     let mut c = client(&s).await;
     let text = "My SSN is 078-05-1120";
-    let r = c.classify(classify(text)).await.unwrap().into_inner();
+    let r = c.classify(pii_request(text)).await.unwrap().into_inner();
     let es = entities(&r.results[0]);
     assert_eq!(es.len(), 1, "{es:?}");
     let e = &es[0];

@@ -170,26 +170,14 @@ async fn shipped_pii_head_finds_names_not_chatter() {
     let spans = |text: &'static str| {
         let mut c = c.clone();
         async move {
-            let r = c
-                .classify(pb::ClassifyRequest {
-                    text: text.into(),
-                    tasks: vec!["pii".into()],
-                    ..Default::default()
+            let r = c.classify(pii_request(text)).await.unwrap().into_inner();
+            entities(&r.results[0])
+                .iter()
+                .map(|e| {
+                    let piece = &text[e.byte_start as usize..e.byte_end as usize];
+                    (e.r#type.clone(), piece.to_string(), e.source.clone())
                 })
-                .await
-                .unwrap()
-                .into_inner();
-            match &r.results[0].output {
-                Some(pb::task_result::Output::Tokens(t)) => t
-                    .entities
-                    .iter()
-                    .map(|e| {
-                        let piece = &text[e.byte_start as usize..e.byte_end as usize];
-                        (e.r#type.clone(), piece.to_string(), e.source.clone())
-                    })
-                    .collect::<Vec<_>>(),
-                other => panic!("pii is a token task, got {other:?}"),
-            }
+                .collect::<Vec<_>>()
         }
     };
     let got = spans("My name is Maria Garcia and I live in Madrid. My SSN is 123-45-6789.").await;

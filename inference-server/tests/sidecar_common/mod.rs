@@ -186,3 +186,20 @@ pub mod http_client {
         out
     }
 }
+
+/// A `Classify` request for the `pii` task alone.
+pub fn pii_request(text: &str) -> vsr_proto::v1::ClassifyRequest {
+    vsr_proto::v1::ClassifyRequest {
+        text: text.into(),
+        tasks: vec!["pii".into()],
+        ..Default::default()
+    }
+}
+
+/// The entity spans of a token task's result (panics on any other output).
+pub fn entities(r: &vsr_proto::v1::TaskResult) -> &[vsr_proto::v1::EntitySpan] {
+    match &r.output {
+        Some(vsr_proto::v1::task_result::Output::Tokens(t)) => &t.entities,
+        other => panic!("task {}: expected a token result, got {other:?}", r.task),
+    }
+}
