@@ -184,7 +184,7 @@ fn trim_punctuation_words(spans: Vec<Entity>, text: &str) -> Vec<Entity> {
                 .into_iter()
                 .filter(|&(a, b)| s[a..b].chars().any(char::is_alphanumeric));
             let first = kept.next()?;
-            let (a, b) = (first.0, kept.last().unwrap_or(first).1);
+            let (a, b) = (first.0, kept.next_back().unwrap_or(first).1);
             e.start += s[..a].chars().count();
             e.end -= s[b..].chars().count();
             e.byte_end = e.byte_start + b;
