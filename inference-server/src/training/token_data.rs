@@ -444,9 +444,9 @@ const WNUT_TRAIN_FILES: [(&str, &str); 2] = [
     ("wnut17/emerging.dev.conll", "emerging.dev"),
 ];
 
-/// [`load`] with extra training data. `data` may also be one CoNLL file
-/// (e.g. WNUT-17's test set): its sentences, with no generated ones, for
-/// `vsr eval --all`.
+/// [`load`] with extra training data. `data` may also be one file, a
+/// presidio `.json` set or a CoNLL file (e.g. WNUT-17's test set): its
+/// sentences alone, with no generated ones, for `vsr eval --all`.
 pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<TokenDataset> {
     if opts.mmlu_extra || opts.truthfulqa_extra {
         bail!("MMLU and TruthfulQA extra data are for the `domain` task only");
@@ -461,13 +461,26 @@ pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<T
         bail!("no token data loader for task `{task}` (supported: pii, hallucination)");
     }
     if data.is_file() {
-        let examples = load_conll(data, "conll", false)?;
+        if opts.wnut_extra {
+            bail!("--wnut-extra needs the datasets root (or its `pii` folder), not one file");
+        }
+        let (examples, note) = if data.extension().is_some_and(|e| e == "json") {
+            (
+                load_presidio(data, "presidio")?,
+                "one presidio file".to_string(),
+            )
+        } else {
+            (
+                load_conll(data, "conll", false)?,
+                format!("one CoNLL file; {CONLL_MAPPING}"),
+            )
+        };
         return Ok(TokenDataset {
             labels: bio_labels(&PII_MODEL_TYPES),
             validated: examples.len(),
             examples,
             sources: vec![data.to_path_buf()],
-            note: format!("one CoNLL file; {CONLL_MAPPING}"),
+            note,
         });
     }
     let mut examples = Vec::new();
@@ -862,6 +875,11 @@ mod tests {
         assert_eq!(alone.validated, 1);
         assert_eq!(alone.examples[0].text, "Ann Lee");
         assert_eq!(alone.examples[0].gold[0].kind, "PERSON");
+        let presidio = pii.join("presidio_research/data/synth_dataset_v2.json");
+        let alone = load("pii", &presidio).unwrap();
+        assert_eq!(alone.examples.len(), 20);
+        assert_eq!(alone.examples[0].gold[0].kind, "PERSON");
+        assert!(load_with("pii", &test, opts).is_err());
     }
 
     #[test]
