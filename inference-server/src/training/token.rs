@@ -1509,6 +1509,21 @@ pub fn eval_cli(args: &crate::cli::eval::EvalArgs) -> anyhow::Result<ExitCode> {
         served_by_source,
         served_entities,
     } = task.score(&data, &indices, 32)?;
+    if let Some(t) = args
+        .types
+        .iter()
+        .find(|t| !served.per_type.contains_key(*t))
+    {
+        bail!(
+            "--types: no gold or predicted span of type `{t}` (types here: {})",
+            served
+                .per_type
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let (head, served) = (head.only(&args.types), served.only(&args.types));
     let served_by_source: BTreeMap<_, _> = served_by_source
         .into_iter()
