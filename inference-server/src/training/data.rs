@@ -75,6 +75,19 @@ pub struct LoadOptions {
     pub wnut_extra: bool,
 }
 
+impl LoadOptions {
+    /// Refuses extra data that belongs to another task than `task`.
+    pub fn check(&self, task: &str) -> anyhow::Result<()> {
+        if (self.mmlu_extra || self.truthfulqa_extra) && task != "domain" {
+            bail!("MMLU and TruthfulQA extra data are for the `domain` task only");
+        }
+        if self.wnut_extra && task != "pii" {
+            bail!("WNUT-17 extra data is for the `pii` task only");
+        }
+        Ok(())
+    }
+}
+
 /// Tasks `vsr train` / `vsr eval` can read data for.
 pub const SUPPORTED_TASKS: [&str; 5] = ["domain", "jailbreak", "fact_check", "feedback", "nli"];
 
@@ -171,12 +184,7 @@ pub fn load(task: &str, data: &Path) -> anyhow::Result<Dataset> {
 
 /// [`load`] with extra training data.
 pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<Dataset> {
-    if (opts.mmlu_extra || opts.truthfulqa_extra) && task != "domain" {
-        bail!("MMLU and TruthfulQA extra data are for the `domain` task only");
-    }
-    if opts.wnut_extra {
-        bail!("WNUT-17 extra data is for the `pii` task only");
-    }
+    opts.check(task)?;
     match task {
         "domain" => {
             let mut d = load_domain(data)?;

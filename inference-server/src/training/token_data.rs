@@ -448,13 +448,8 @@ const WNUT_TRAIN_FILES: [(&str, &str); 2] = [
 /// presidio `.json` set or a CoNLL file (e.g. WNUT-17's test set): its
 /// sentences alone, with no generated ones, for `vsr eval --all`.
 pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<TokenDataset> {
-    if opts.mmlu_extra || opts.truthfulqa_extra {
-        bail!("MMLU and TruthfulQA extra data are for the `domain` task only");
-    }
+    opts.check(task)?;
     if task == super::hallucination_data::TASK {
-        if opts.wnut_extra {
-            bail!("WNUT-17 extra data is for the `pii` task only");
-        }
         return super::hallucination_data::load(data);
     }
     if task != "pii" {

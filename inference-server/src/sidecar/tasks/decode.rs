@@ -167,24 +167,14 @@ fn trim_punctuation_words(spans: Vec<Entity>, text: &str) -> Vec<Entity> {
         .into_iter()
         .filter_map(|mut e| {
             let s = text.get(e.byte_start..e.byte_end)?;
-            let mut words: Vec<(usize, usize)> = Vec::new();
-            let mut open = None;
-            for (i, c) in s.char_indices() {
-                match (c.is_whitespace(), open) {
-                    (true, Some(b)) => {
-                        words.push((b, i));
-                        open = None;
-                    }
-                    (false, None) => open = Some(i),
-                    _ => {}
-                }
-            }
-            words.extend(open.map(|b| (b, s.len())));
-            let mut kept = words
-                .into_iter()
-                .filter(|&(a, b)| s[a..b].chars().any(char::is_alphanumeric));
+            // Byte offset of a word of `s` (a sub-slice of it) in `s`.
+            let at = |w: &str| w.as_ptr() as usize - s.as_ptr() as usize;
+            let mut kept = s
+                .split_whitespace()
+                .filter(|w| w.chars().any(char::is_alphanumeric));
             let first = kept.next()?;
-            let (a, b) = (first.0, kept.next_back().unwrap_or(first).1);
+            let last = kept.next_back().unwrap_or(first);
+            let (a, b) = (at(first), at(last) + last.len());
             e.start += s[..a].chars().count();
             e.end -= s[b..].chars().count();
             e.byte_end = e.byte_start + b;
