@@ -86,6 +86,15 @@ pub struct TrainArgs {
     /// only; its test file is left for `vsr eval --all`).
     #[arg(long)]
     pub wnut_extra: bool,
+    /// Token tasks: sentences whose gold marks only some types (CoNLL
+    /// sources: people, places, organisations) do not teach that their other
+    /// words are `O`; such a word may be any unmarked type in the loss.
+    #[arg(long)]
+    pub partial_labels: bool,
+    /// Token tasks: loss weight of the training-only extra data
+    /// (`--wnut-extra`) against 1 for the validated sources.
+    #[arg(long, default_value_t = 1.0)]
+    pub extra_weight: f64,
     /// Base encoder: a local directory or a Hugging Face hub id.
     #[arg(long, env = "VSR_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
     pub base_model: String,
@@ -112,6 +121,8 @@ impl TrainArgs {
             head_hidden: self.head_hidden.clone(),
             head_embedding: self.head_embedding,
             feature_cache: self.feature_cache.clone(),
+            partial_labels: self.partial_labels,
+            extra_weight: self.extra_weight,
         }
     }
 
@@ -150,6 +161,11 @@ pub fn command_line() -> String {
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if crate::training::token_data::is_token_task(&args.task) {
         return crate::training::token::train_cli(&args);
+    }
+    if args.partial_labels || args.extra_weight != 1.0 {
+        anyhow::bail!(
+            "--partial-labels and --extra-weight are for token tasks (pii, hallucination)"
+        );
     }
     let wall = Instant::now();
     let command = command_line();

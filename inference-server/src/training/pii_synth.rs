@@ -191,6 +191,7 @@ impl Material {
                     gold,
                     group: format!("{SOURCE}:{t}"),
                     source: SOURCE,
+                    annotated: None,
                 });
             }
         }
