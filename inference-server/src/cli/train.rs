@@ -86,11 +86,6 @@ pub struct TrainArgs {
     /// only; its test file is left for `vsr eval --all`).
     #[arg(long)]
     pub wnut_extra: bool,
-    /// Token tasks: sentences whose gold marks only some types (CoNLL
-    /// sources: people, places, organisations) do not teach that their other
-    /// words are `O`; such a word may be any unmarked type in the loss.
-    #[arg(long)]
-    pub partial_labels: bool,
     /// Token tasks: loss weight of the training-only extra data
     /// (`--wnut-extra`) against 1 for the validated sources.
     #[arg(long, default_value_t = 1.0)]
@@ -121,7 +116,6 @@ impl TrainArgs {
             head_hidden: self.head_hidden.clone(),
             head_embedding: self.head_embedding,
             feature_cache: self.feature_cache.clone(),
-            partial_labels: self.partial_labels,
             extra_weight: self.extra_weight,
         }
     }
@@ -162,10 +156,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if crate::training::token_data::is_token_task(&args.task) {
         return crate::training::token::train_cli(&args);
     }
-    if args.partial_labels || args.extra_weight != 1.0 {
-        anyhow::bail!(
-            "--partial-labels and --extra-weight are for token tasks (pii, hallucination)"
-        );
+    if args.extra_weight != 1.0 {
+        anyhow::bail!("--extra-weight is for token tasks (pii, hallucination)");
     }
     let wall = Instant::now();
     let command = command_line();

@@ -427,7 +427,6 @@ pub fn derive(items: &[QaItem]) -> Vec<TokenExample> {
                 gold,
                 group: group.clone(),
                 source: src.name(),
-                annotated: None,
             })
         };
         push(it.right.clone(), vec![], Source::QaRight);
@@ -876,7 +875,6 @@ mod tests {
             ],
             group: "g".into(),
             source: "t",
-            annotated: None,
         };
         let labels: Vec<String> = LABELS.iter().map(|s| s.to_string()).collect();
         let rows = align_windows(&tok, &ex, &labels).unwrap();

@@ -191,7 +191,6 @@ impl Material {
                     gold,
                     group: format!("{SOURCE}:{t}"),
                     source: SOURCE,
-                    annotated: None,
                 });
             }
         }

@@ -205,15 +205,8 @@ pub fn sources_markdown(by_source: &BTreeMap<&str, SpanReport>) -> String {
     s
 }
 
-/// The predicted spans `ex`'s gold can judge: in an example whose
-/// annotators marked only some types (CoNLL sources), a predicted date or
-/// address is neither right nor wrong, so it is not scored.
-fn spans_of<'a>(es: &'a [Entity], ex: &token_data::TokenExample) -> Vec<(usize, usize, &'a str)> {
+fn spans_of(es: &[Entity]) -> Vec<(usize, usize, &str)> {
     es.iter()
-        .filter(|e| {
-            ex.annotated
-                .is_none_or(|types| types.contains(&e.kind.as_str()))
-        })
         .map(|e| (e.byte_start, e.byte_end, e.kind.as_str()))
         .collect()
 }
@@ -539,24 +532,17 @@ fn padded_len(aligned: &HashMap<usize, Aligned>, rows: &[usize]) -> usize {
     rows.iter().map(|i| aligned[i].ids.len()).max().unwrap_or(1)
 }
 
-/// What the loss asks of each row's labelled tokens.
+/// Loss weights of each row's labelled tokens.
 struct LossPlan {
-    /// Per row: the labels an `O` token may also take (the B-/I- labels of
-    /// the types its example's gold does not mark); empty: fully annotated.
-    o_alternatives: Vec<Vec<u32>>,
-    /// Per row: the example's loss weight.
+    /// Per row: the example's weight (`--extra-weight` for training-only rows).
     row_weight: Vec<f32>,
     /// Per label: a weight multiplying the row's (pair-token tasks).
     label_weight: Option<Vec<f32>>,
-    labels: usize,
 }
-
-/// Additive log-mask for "not allowed" (exp underflows to 0).
-const NOT_ALLOWED: f32 = -1e9;
 
 impl LossPlan {
     /// The flat positions (`row * s + token`) of labelled tokens, their
-    /// allowed labels as an additive log-mask `[n, labels]`, and weights `[n]`.
+    /// labels and weights.
     fn targets(
         &self,
         aligned: &HashMap<usize, Aligned>,
@@ -564,21 +550,14 @@ impl LossPlan {
         dev: &Device,
     ) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
         let max_len = padded_len(aligned, rows);
-        let (mut pos, mut allowed, mut weights) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut pos, mut labels, mut weights) = (Vec::new(), Vec::new(), Vec::new());
         for (r, i) in rows.iter().enumerate() {
             for (t, &l) in aligned[i].labels.iter().enumerate() {
                 if l == IGNORE {
                     continue;
                 }
                 pos.push((r * max_len + t) as u32);
-                let mut row = vec![NOT_ALLOWED; self.labels];
-                row[l as usize] = 0.0;
-                if l == 0 {
-                    for &alt in &self.o_alternatives[*i] {
-                        row[alt as usize] = 0.0;
-                    }
-                }
-                allowed.extend(row);
+                labels.push(l);
                 let by_label = self
                     .label_weight
                     .as_ref()
@@ -590,22 +569,20 @@ impl LossPlan {
         let n = pos.len();
         Ok((
             Tensor::from_vec(pos, n, dev)?,
-            Tensor::from_vec(allowed, (n, self.labels), dev)?,
+            Tensor::from_vec(labels, n, dev)?,
             Tensor::from_vec(weights, n, dev)?,
         ))
     }
 }
 
-/// `Σ w·(−log Σ_{y allowed} p(y)) / Σ w` over tokens: weighted
-/// cross-entropy where one label is allowed; a token whose gold leaves some
-/// types unmarked is right with any of them.
-fn partial_cross_entropy(
+/// Cross-entropy with a weight per token: `Σ w·nll / Σ w`.
+fn weighted_cross_entropy(
     logits: &Tensor,
-    allowed: &Tensor,
+    labels: &Tensor,
     weights: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
-    let nll = (logp + allowed)?.log_sum_exp(1)?.neg()?;
+    let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
     let total = weights.sum_all()?.to_scalar::<f32>()?;
     (nll * weights)?.sum_all()? / f64::from(total.max(1e-6))
 }
@@ -686,7 +663,7 @@ fn validate(
                     .or_insert_with(|| a.offsets.iter().filter(|o| o.is_some()).copied().collect());
             } else {
                 let es = decode::token_entities(&data.labels, row, c, &a.offsets, &ex.text);
-                report.add(&spans_of(&es, ex), &gold_of(ex.model_spans()));
+                report.add(&spans_of(&es), &gold_of(ex.model_spans()));
             }
         }
     }
@@ -712,52 +689,30 @@ fn is_pair(data: &TokenDataset) -> bool {
     data.examples.iter().any(|e| e.first.is_some())
 }
 
-/// The run's [`LossPlan`]: `--partial-labels` frees the `O` tokens of
-/// partly annotated examples, `--extra-weight` weighs training-only rows.
+/// The run's [`LossPlan`]: `--extra-weight` weighs the training-only rows.
 fn loss_plan(
-    partial_labels: bool,
     extra_weight: f64,
     data: &TokenDataset,
     row_example: &[usize],
     label_weight: Option<Vec<f32>>,
 ) -> LossPlan {
-    let unmarked = |annotated: &[&str]| -> Vec<u32> {
-        data.labels
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| {
-                l.split_once('-')
-                    .is_some_and(|(_, t)| !annotated.contains(&t))
-            })
-            .map(|(i, _)| i as u32)
-            .collect()
-    };
-    let mut o_alternatives = Vec::with_capacity(row_example.len());
-    let mut row_weight = Vec::with_capacity(row_example.len());
-    let (mut partial_rows, mut extra_rows) = (0usize, 0usize);
-    for &e in row_example {
-        let ex = &data.examples[e];
-        let free = match ex.annotated {
-            Some(types) if partial_labels => unmarked(types),
-            _ => Vec::new(),
-        };
-        partial_rows += usize::from(!free.is_empty());
-        o_alternatives.push(free);
-        let extra = e >= data.validated;
-        extra_rows += usize::from(extra);
-        row_weight.push(if extra { extra_weight as f32 } else { 1.0 });
-    }
-    if partial_labels || extra_weight != 1.0 {
-        eprintln!(
-            "loss: {partial_rows} rows partly annotated (O may be an unmarked type), \
-             {extra_rows} training-only rows weighted {extra_weight}"
-        );
+    let row_weight: Vec<f32> = row_example
+        .iter()
+        .map(|&e| {
+            if e >= data.validated {
+                extra_weight as f32
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    if extra_weight != 1.0 {
+        let extra = row_weight.iter().filter(|&&w| w != 1.0).count();
+        eprintln!("loss: {extra} training-only rows weighted {extra_weight}");
     }
     LossPlan {
-        o_alternatives,
         row_weight,
         label_weight,
-        labels: data.labels.len(),
     }
 }
 
@@ -836,13 +791,7 @@ pub fn train(
     if let Some(w) = &class_weights {
         eprintln!("loss weights per label: {w:?}");
     }
-    let plan = loss_plan(
-        cfg.partial_labels,
-        cfg.extra_weight,
-        data,
-        &row_example,
-        class_weights,
-    );
+    let plan = loss_plan(cfg.extra_weight, data, &row_example, class_weights);
     let first_layer = layers - cfg.top_layers;
     eprintln!(
         "caching frozen layers 0..{first_layer} (max {} tokens)",
@@ -867,11 +816,11 @@ pub fn train(
         |i| aligned[&i].ids.len(),
         |rows| {
             let (x, bias) = make_batch(&cache, &aligned, rows, &dev)?;
-            let (pos, allowed, weights) = plan.targets(&aligned, rows, &dev)?;
+            let (pos, labels, weights) = plan.targets(&aligned, rows, &dev)?;
             let logits = branch_logits(&model, &branch, &x, &bias, Mode::Train)?;
             let (b, s, c) = logits.dims3()?;
             let flat = logits.reshape((b * s, c))?.index_select(&pos, 0)?;
-            Ok(partial_cross_entropy(&flat, &allowed, &weights)?)
+            Ok(weighted_cross_entropy(&flat, &labels, &weights)?)
         },
         || {
             let r = validate(
@@ -1099,8 +1048,8 @@ impl LoadedTokenTask {
         let mut out = Scored::default();
         for (&i, (m, s)) in indices.iter().zip(self.entities(&texts, batch_size)?) {
             let ex = &data.examples[i];
-            let (predicted, gold) = (spans_of(&s, ex), gold_of(ex.gold.iter()));
-            out.head.add(&spans_of(&m, ex), &gold_of(ex.model_spans()));
+            let (predicted, gold) = (spans_of(&s), gold_of(ex.gold.iter()));
+            out.head.add(&spans_of(&m), &gold_of(ex.model_spans()));
             out.served.add(&predicted, &gold);
             out.served_by_source
                 .entry(ex.source)
@@ -1198,13 +1147,6 @@ pub fn render_card(c: &TokenCard) -> String {
     let _ = writeln!(s, "\n## Model\n");
     card::base_line(&mut s, c.base_model, c.base_sha256);
     let mut loss = "cross-entropy over real tokens (not [CLS]/[SEP])".to_string();
-    if cfg.partial_labels {
-        loss.push_str(&format!(
-            "; partial labels: in sentences whose gold marks only {} (CoNLL sources), an `O` \
-             token may be any unmarked type (loss −log Σ p over the allowed tags)",
-            token_data::CONLL_TYPES.join(", ")
-        ));
-    }
     if cfg.extra_weight != 1.0 {
         loss.push_str(&format!(
             "; training-only texts weigh {} (the validated sources 1)",
@@ -1237,8 +1179,7 @@ pub fn render_card(c: &TokenCard) -> String {
          (inputs up to {} tokens, as served; spans decoded as `sidecar/tasks/decode.rs` does: the \
          most probable BIO-consistent tag path over each word's first piece, then spans of one \
          type split only by spaces joined). Strict: same type and the same character offsets; \
-         overlap: same type and overlapping offsets (one prediction per gold span). In CoNLL \
-         sentences only the types their gold marks are scored.\n",
+         overlap: same type and overlapping offsets (one prediction per gold span).\n",
         c.eval_max_tokens
     );
     let _ = writeln!(s, "### The head alone (its own types)\n");
@@ -1677,7 +1618,7 @@ fn print_errors(data: &TokenDataset, indices: &[usize], served: &[Vec<Entity>], 
     let mut shown = 0;
     for (&i, served) in indices.iter().zip(served) {
         let ex = &data.examples[i];
-        let predicted = spans_of(served, ex);
+        let predicted = spans_of(served);
         let gold = gold_of(ex.gold.iter());
         let missed: Vec<_> = gold.iter().filter(|g| !predicted.contains(g)).collect();
         let extra: Vec<_> = predicted.iter().filter(|p| !gold.contains(p)).collect();
@@ -1704,129 +1645,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partial_cross_entropy_is_cross_entropy_for_one_label_and_frees_the_rest() {
-        let dev = Device::Cpu;
-        let raw = [0.5f32, -1.0, 2.0, 0.1, 1.5, 0.3, -0.7, 0.9];
-        let logits = candle_core::Var::from_vec(raw.to_vec(), (2, 4), &dev).unwrap();
-        let labels = Tensor::new(&[2u32, 0], &dev).unwrap();
-        let one_hot = |l: usize| (0..4).map(move |j| if j == l { 0.0 } else { NOT_ALLOWED });
-        let allowed: Vec<f32> = one_hot(2).chain(one_hot(0)).collect();
-        let allowed = Tensor::from_vec(allowed, (2, 4), &dev).unwrap();
-        let ones = Tensor::new(&[1f32, 1.0], &dev).unwrap();
-        let ours = partial_cross_entropy(logits.as_tensor(), &allowed, &ones).unwrap();
-        let plain = candle_nn::loss::cross_entropy(logits.as_tensor(), &labels).unwrap();
-        let (a, b) = (
-            ours.to_scalar::<f32>().unwrap(),
-            plain.to_scalar::<f32>().unwrap(),
-        );
-        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-
-        // Row 2 may be label 0 or 3, and weighs 3: loss = (l1 + 3 l2) / 4.
-        let mut second: Vec<f32> = one_hot(0).collect();
-        second[3] = 0.0;
-        let allowed: Vec<f32> = one_hot(2).chain(second).collect();
-        let allowed = Tensor::from_vec(allowed, (2, 4), &dev).unwrap();
-        let w = Tensor::new(&[1f32, 3.0], &dev).unwrap();
-        let loss = partial_cross_entropy(logits.as_tensor(), &allowed, &w).unwrap();
-        let p = |row: &[f32], j: usize| row[j].exp() / row.iter().map(|x| x.exp()).sum::<f32>();
-        let want = (-p(&raw[..4], 2).ln() - 3.0 * (p(&raw[4..], 0) + p(&raw[4..], 3)).ln()) / 4.0;
-        let got = loss.to_scalar::<f32>().unwrap();
-        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
-        // Gradients flow (no fused op without a backward pass), and the
-        // disallowed labels of the freed row are pushed down.
-        let grads = loss.backward().unwrap();
-        let g = grads.get(&logits).unwrap().to_vec2::<f32>().unwrap();
-        assert!(g.iter().flatten().any(|x| x.abs() > 1e-4));
-        assert!(g[1][1] > 0.0 && g[1][2] > 0.0, "{g:?}");
-        assert!(g[1][0] < 0.0 && g[1][3] < 0.0, "{g:?}");
-    }
-
-    #[test]
-    fn partly_annotated_examples_score_only_their_types() {
-        let entity = |kind: &str, at: usize| Entity {
-            kind: kind.into(),
-            start: at,
-            end: at + 4,
-            byte_start: at,
-            byte_end: at + 4,
-            score: 1.0,
-            source: decode::SOURCE_MODEL,
-        };
-        let es = [entity("PERSON", 0), entity("DATE_TIME", 10)];
-        let mut ex = token_data::TokenExample {
-            first: None,
-            text: "Anna went in 1964".into(),
-            gold: vec![],
-            group: "g".into(),
-            source: "wikigold",
-            annotated: Some(&token_data::CONLL_TYPES),
-        };
-        assert_eq!(spans_of(&es, &ex), vec![(0, 4, "PERSON")]);
-        ex.annotated = None;
-        assert_eq!(spans_of(&es, &ex).len(), 2);
-    }
-
-    #[test]
-    fn loss_plan_frees_o_of_partly_annotated_examples_and_weighs_extra_rows() {
-        let ex = |source: &'static str, annotated| token_data::TokenExample {
+    fn loss_weights_rows_and_labels() {
+        let ex = |source: &'static str| token_data::TokenExample {
             first: None,
             text: "x".into(),
             gold: vec![],
             group: source.into(),
             source,
-            annotated,
         };
         let data = TokenDataset {
-            labels: token_data::bio_labels(&["PERSON", "DATE_TIME", "GPE"]),
-            examples: vec![
-                ex("presidio", None),
-                ex("wikigold", Some(&["PERSON", "GPE"][..])),
-                ex("wnut", Some(&["PERSON", "GPE"][..])),
-            ],
+            labels: token_data::bio_labels(&["PERSON"]),
+            examples: vec![ex("presidio"), ex("wikigold"), ex("wnut")],
             sources: vec![],
             note: String::new(),
             validated: 2,
         };
         // Rows 0..3 are the examples; row 3 is a second window of example 2.
-        let rows = [0, 1, 2, 2];
-        let plan = loss_plan(true, 0.5, &data, &rows, None);
-        let date: Vec<u32> = ["B-DATE_TIME", "I-DATE_TIME"]
-            .iter()
-            .map(|l| data.labels.iter().position(|x| x == l).unwrap() as u32)
-            .collect();
-        assert!(plan.o_alternatives[0].is_empty());
-        assert_eq!(plan.o_alternatives[1], date);
-        assert_eq!(plan.o_alternatives[3], date);
+        let plan = loss_plan(0.5, &data, &[0, 1, 2, 2], Some(vec![1.0, 4.0, 1.0]));
         assert_eq!(plan.row_weight, vec![1.0, 1.0, 0.5, 0.5]);
-        let off = loss_plan(false, 1.0, &data, &rows, None);
-        assert!(off.o_alternatives.iter().all(Vec::is_empty));
-        assert_eq!(off.row_weight, vec![1.0; 4]);
-
-        // Targets: an O token of a freed row allows O and both date tags.
         let aligned: HashMap<usize, Aligned> = (0..4)
             .map(|r| {
                 let a = Aligned {
-                    ids: vec![101, 7, 102],
-                    type_ids: vec![0; 3],
-                    labels: vec![IGNORE, 0, IGNORE],
-                    offsets: vec![None, Some((0, 1)), None],
+                    ids: vec![101, 7, 8, 102],
+                    type_ids: vec![0; 4],
+                    labels: vec![IGNORE, 0, 1, IGNORE],
+                    offsets: vec![None, Some((0, 1)), Some((2, 3)), None],
                 };
                 (r, a)
             })
             .collect();
-        let (pos, allowed, w) = plan.targets(&aligned, &[0, 1], &Device::Cpu).unwrap();
-        assert_eq!(pos.to_vec1::<u32>().unwrap(), vec![1, 4]);
-        let allowed = allowed.to_vec2::<f32>().unwrap();
-        let free = |row: &[f32]| {
-            (0..row.len())
-                .filter(|&j| row[j] == 0.0)
-                .collect::<Vec<_>>()
+        let (pos, labels, w) = plan.targets(&aligned, &[0, 3], &Device::Cpu).unwrap();
+        assert_eq!(pos.to_vec1::<u32>().unwrap(), vec![1, 2, 5, 6]);
+        assert_eq!(labels.to_vec1::<u32>().unwrap(), vec![0, 1, 0, 1]);
+        assert_eq!(w.to_vec1::<f32>().unwrap(), vec![1.0, 4.0, 0.5, 2.0]);
+
+        // Σ w·nll / Σ w, and equal to plain cross-entropy at equal weights.
+        let raw = [0.5f32, -1.0, 2.0, 0.1, 1.5, 0.3];
+        let logits = candle_core::Var::from_vec(raw.to_vec(), (2, 3), &Device::Cpu).unwrap();
+        let labels = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
+        let loss = |w: &[f32]| {
+            let w = Tensor::new(w, &Device::Cpu).unwrap();
+            weighted_cross_entropy(logits.as_tensor(), &labels, &w).unwrap()
         };
-        assert_eq!(free(&allowed[0]), vec![0]);
-        let mut want = vec![0usize];
-        want.extend(date.iter().map(|&d| d as usize));
-        assert_eq!(free(&allowed[1]), want);
-        assert_eq!(w.to_vec1::<f32>().unwrap(), vec![1.0, 1.0]);
+        let plain = candle_nn::loss::cross_entropy(logits.as_tensor(), &labels).unwrap();
+        let f = |t: &Tensor| t.to_scalar::<f32>().unwrap();
+        assert!((f(&loss(&[2.0, 2.0])) - f(&plain)).abs() < 1e-5);
+        let nll =
+            |row: &[f32], j: usize| -(row[j].exp() / row.iter().map(|x| x.exp()).sum::<f32>()).ln();
+        let want = (nll(&raw[..3], 2) + 3.0 * nll(&raw[3..], 0)) / 4.0;
+        let weighted = loss(&[1.0, 3.0]);
+        assert!((f(&weighted) - want).abs() < 1e-5);
+        let g = weighted.backward().unwrap();
+        let g = g.get(&logits).unwrap().to_vec2::<f32>().unwrap();
+        assert!(g.iter().flatten().any(|x| x.abs() > 1e-4), "{g:?}");
     }
 
     #[test]

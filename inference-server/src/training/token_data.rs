@@ -71,10 +71,6 @@ pub struct TokenExample {
     pub group: String,
     /// Which source file (short name).
     pub source: &'static str,
-    /// The types this example's annotators marked; `None`: every type.
-    /// CoNLL sources mark only [`CONLL_TYPES`]: their dates, addresses or
-    /// nationalities are `O`, not absent.
-    pub annotated: Option<&'static [&'static str]>,
 }
 
 impl TokenExample {
@@ -144,9 +140,6 @@ pub fn presidio_type(t: &str) -> Option<&'static str> {
 /// [`conll_type`] in words, for model cards.
 const CONLL_MAPPING: &str = "CoNLL PER/person→PERSON, LOC/location→GPE, \
      ORG/corporation/group→ORGANIZATION, MISC/product/creative-work dropped";
-
-/// The served types CoNLL sources annotate ([`conll_type`]'s values).
-pub const CONLL_TYPES: [&str; 3] = ["PERSON", "GPE", "ORGANIZATION"];
 
 /// CoNLL tag type (wikigold `PER`/`LOC`/`ORG`/`MISC`, WNUT-17 lower-case
 /// names) → served type.
@@ -320,7 +313,6 @@ fn load_presidio(path: &Path, short: &'static str) -> anyhow::Result<Vec<TokenEx
             gold: spans,
             group: format!("{short}:{template}"),
             source: short,
-            annotated: None,
         });
     }
     Ok(out)
@@ -388,7 +380,6 @@ fn load_conll(path: &Path, short: &'static str, iob1: bool) -> anyhow::Result<Ve
                 gold: spans,
                 group: format!("{short}:{n}"),
                 source: short,
-                annotated: Some(&CONLL_TYPES),
             });
         }
     };
@@ -895,7 +886,6 @@ mod tests {
                 gold: vec![],
                 group: format!("g{}", i % 20),
                 source: "t",
-                annotated: None,
             })
             .collect();
         let (t, v) = group_split(&ex, 0.1, 1);

@@ -48,10 +48,6 @@ pub struct TrainConfig {
     /// Directory for frozen-layer features reused across runs (sequence tasks).
     #[serde(skip)]
     pub feature_cache: Option<std::path::PathBuf>,
-    /// Token tasks: an `O` token of an example whose gold marks only some
-    /// types ([`super::token_data::TokenExample::annotated`]) may be any
-    /// of the other types in the loss.
-    pub partial_labels: bool,
     /// Token tasks: loss weight of the training-only extra examples
     /// (`--wnut-extra`); the validated sources weigh 1.
     pub extra_weight: f64,
