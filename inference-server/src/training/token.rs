@@ -689,6 +689,17 @@ fn is_pair(data: &TokenDataset) -> bool {
     data.examples.iter().any(|e| e.first.is_some())
 }
 
+/// `--extra-weight` must be a finite weight ≥ 0 and have rows to weigh.
+fn check_extra_weight(w: f64, data: &TokenDataset) -> anyhow::Result<()> {
+    if !w.is_finite() || w < 0.0 {
+        bail!("--extra-weight must be a finite number ≥ 0, got {w}");
+    }
+    if w != 1.0 && data.validated == data.examples.len() {
+        bail!("--extra-weight weighs training-only data, and this run has none (add --wnut-extra)");
+    }
+    Ok(())
+}
+
 /// The run's [`LossPlan`]: `--extra-weight` weighs the training-only rows.
 fn loss_plan(
     extra_weight: f64,
@@ -1347,6 +1358,7 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
     let (base_dir, base_id) = crate::sidecar::loader::resolve_base(&args.base_model)?;
     let data = token_data::load_with(&args.task, &args.data, args.load_options())?;
     let cfg = args.config();
+    check_extra_weight(cfg.extra_weight, &data)?;
     let (train_idx, val_idx) = split(&data, cfg.max_examples, cfg.val_fraction, cfg.seed);
     let base_sha = trainer::sha256_file(&base_dir.join("model.safetensors"))?;
     let metadata = serde_json::json!({
@@ -1662,6 +1674,19 @@ mod tests {
         };
         // Rows 0..3 are the examples; row 3 is a second window of example 2.
         let plan = loss_plan(0.5, &data, &[0, 1, 2, 2], Some(vec![1.0, 4.0, 1.0]));
+        assert!(check_extra_weight(0.5, &data).is_ok());
+        assert!(check_extra_weight(-1.0, &data).is_err());
+        assert!(check_extra_weight(f64::NAN, &data).is_err());
+        let no_extra = TokenDataset {
+            validated: 3,
+            examples: data.examples.clone(),
+            labels: data.labels.clone(),
+            sources: vec![],
+            note: String::new(),
+        };
+        assert!(check_extra_weight(1.0, &no_extra).is_ok());
+        let e = check_extra_weight(0.5, &no_extra).unwrap_err().to_string();
+        assert!(e.contains("--wnut-extra"), "{e}");
         assert_eq!(plan.row_weight, vec![1.0, 1.0, 0.5, 0.5]);
         let aligned: HashMap<usize, Aligned> = (0..4)
             .map(|r| {
