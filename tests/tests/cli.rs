@@ -312,8 +312,9 @@ fn eval_labelled_scores_the_domain_probe_and_names_bad_lines() {
 
 /// `vsr train` on a small domain file written here: a second run with the same
 /// `--feature-cache` loads the frozen features instead of recomputing them and
-/// trains exactly the same weights (the run is deterministic and the cache
-/// holds what the first run computed); `--head-embedding` reaches `task.json`.
+/// trains exactly the same weights (the run is deterministic, its dropout
+/// masks included, and the cache holds what the first run computed);
+/// `--head-embedding` reaches `task.json` and `--head-dropout` the card.
 #[test]
 fn train_reuses_cached_features_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
@@ -362,6 +363,8 @@ fn train_reuses_cached_features_and_is_deterministic() {
                 "--max-tokens",
                 "32",
                 "--head-embedding",
+                "--head-dropout",
+                "0.3",
                 "--feature-cache",
                 cache.to_str().unwrap(),
             ],
@@ -384,4 +387,25 @@ fn train_reuses_cached_features_and_is_deterministic() {
     let card = String::from_utf8(read(&second, "model-card.md")).unwrap();
     assert!(card.contains("loaded from `--feature-cache`"), "{card}");
     assert!(card.contains("shared sentence embedding"), "{card}");
+    assert!(card.contains("dropout 0.3 on the head's inputs"), "{card}");
+
+    let (ok, _, err) = vsr(
+        &[
+            "train",
+            "--task",
+            "domain",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--out",
+            dir.path().join("bad").to_str().unwrap(),
+            "--head-dropout",
+            "1",
+        ],
+        &[("VSR_BASE_MODEL", base.to_str().unwrap())],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--head-dropout must be in [0, 1), got 1"),
+        "{err}"
+    );
 }

@@ -68,6 +68,11 @@ pub struct TrainArgs {
     /// (the base encoder's mean pool, computed per request anyway).
     #[arg(long)]
     pub head_embedding: bool,
+    /// Sequence tasks: fraction of the head's input features zeroed at
+    /// random (seeded) in each training step; 0 = off. Against a hidden-layer
+    /// head memorising the training set.
+    #[arg(long, default_value_t = 0.0)]
+    pub head_dropout: f64,
     /// Sequence tasks: keep the frozen layers' features in this directory
     /// and reuse them when a later run has the same data, base, token limit
     /// and branch point (skips most of the training time). The key does not
@@ -115,6 +120,7 @@ impl TrainArgs {
             lora_targets: self.lora_targets.clone(),
             head_hidden: self.head_hidden.clone(),
             head_embedding: self.head_embedding,
+            head_dropout: self.head_dropout,
             feature_cache: self.feature_cache.clone(),
             extra_weight: self.extra_weight,
         }
@@ -153,7 +159,17 @@ pub fn command_line() -> String {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    if crate::training::token_data::is_token_task(&args.task) {
+    let token_task = crate::training::token_data::is_token_task(&args.task);
+    if !(0.0..1.0).contains(&args.head_dropout) {
+        anyhow::bail!(
+            "--head-dropout must be in [0, 1), got {}",
+            args.head_dropout
+        );
+    }
+    if token_task && args.head_dropout > 0.0 {
+        anyhow::bail!("--head-dropout is for sequence tasks");
+    }
+    if token_task {
         return crate::training::token::train_cli(&args);
     }
     if args.extra_weight != 1.0 {

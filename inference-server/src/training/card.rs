@@ -157,8 +157,16 @@ pub(crate) fn head_text(cfg: &TrainConfig) -> String {
     } else {
         format!("head with hidden layer(s) {:?} (tanh)", cfg.head_hidden)
     };
-    if cfg.head_embedding {
+    let shape = if cfg.head_embedding {
         format!("{shape} over the pooled output and the shared sentence embedding (base encoder's mean pool, L2-normalised, × √hidden)")
+    } else {
+        shape
+    };
+    if cfg.head_dropout > 0.0 {
+        format!(
+            "{shape}; in training, dropout {} on the head's inputs",
+            cfg.head_dropout
+        )
     } else {
         shape
     }

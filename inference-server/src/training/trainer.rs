@@ -45,6 +45,9 @@ pub struct TrainConfig {
     pub head_hidden: Vec<usize>,
     /// The head also reads the shared sentence embedding (sequence tasks).
     pub head_embedding: bool,
+    /// Fraction of the head's input features dropped per training step
+    /// (sequence tasks; 0 = off).
+    pub head_dropout: f64,
     /// Directory for frozen-layer features reused across runs (sequence tasks).
     #[serde(skip)]
     pub feature_cache: Option<std::path::PathBuf>,
@@ -507,12 +510,15 @@ fn make_batch(
     })
 }
 
-/// The task branch on cached features: logits `[b, labels]`.
+/// The task branch on cached features: logits `[b, labels]`. With
+/// `dropout` (rate, mask source) the head's inputs are dropped first
+/// (training only).
 fn branch_logits(
     model: &BertModel,
     branch: &TaskBranch,
     batch: &Batch,
     mode: Mode,
+    dropout: Option<(f64, &mut Rng)>,
 ) -> candle_core::Result<Tensor> {
     let (bias, mask) = (&batch.bias, &batch.mask);
     let mut h = batch.x.clone();
@@ -530,7 +536,29 @@ fn branch_logits(
         Pooling::Cls => cls_pool(&h)?,
         Pooling::Mean => mean_pool(&h, mask)?,
     };
-    branch.classify(&pooled, batch.embedding.as_ref())
+    match dropout {
+        Some((p, rng)) if p > 0.0 => {
+            let pooled = drop_features(&pooled, p, rng)?;
+            let embedding = match &batch.embedding {
+                Some(e) => Some(drop_features(e, p, rng)?),
+                None => None,
+            };
+            branch.classify(&pooled, embedding.as_ref())
+        }
+        _ => branch.classify(&pooled, batch.embedding.as_ref()),
+    }
+}
+
+/// Inverted dropout with a mask from the run's seeded [`Rng`] (candle's own
+/// dropout draws from an unseeded generator): each component is kept with
+/// probability 1 − `p` and scaled by 1 / (1 − `p`), so serving needs no
+/// rescaling.
+fn drop_features(x: &Tensor, p: f64, rng: &mut Rng) -> candle_core::Result<Tensor> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.next_f64() < p { 0.0 } else { keep })
+        .collect();
+    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
 }
 
 fn grad_norm(grads: &candle_core::backprop::GradStore, var: &Var) -> anyhow::Result<f32> {
@@ -574,7 +602,7 @@ fn validate(
     for chunk in sorted.chunks(64) {
         let batch = make_batch(cache, chunk, dev)?;
         let gold = &batch.labels;
-        let pred = branch_logits(model, branch, &batch, Mode::Inference)?
+        let pred = branch_logits(model, branch, &batch, Mode::Inference, None)?
             .argmax(1)?
             .to_vec1::<u32>()?;
         for (g, p) in gold.to_vec1::<u32>()?.into_iter().zip(pred) {
@@ -642,6 +670,7 @@ pub fn train(
     let cache_secs = t0.elapsed().as_secs_f64();
 
     let mut rng = Rng::new(cfg.seed ^ 0x1A17);
+    let mut drop_rng = Rng::new(cfg.seed ^ 0xD209);
     let varmap = init_vars(&spec, &model.config, &mut rng, &dev)?;
     let branch = TaskBranch::load(
         &spec,
@@ -656,7 +685,8 @@ pub fn train(
         |i| cache[&i].hidden.dims()[0],
         |rows| {
             let batch = make_batch(&cache, rows, &dev)?;
-            let logits = branch_logits(&model, &branch, &batch, Mode::Train)?;
+            let dropout = Some((cfg.head_dropout, &mut drop_rng));
+            let logits = branch_logits(&model, &branch, &batch, Mode::Train, dropout)?;
             Ok(candle_nn::loss::cross_entropy(&logits, &batch.labels)?)
         },
         || {
@@ -815,4 +845,27 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
     Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_is_seeded_and_keeps_the_mean() {
+        let x = Tensor::ones((64, 100), DType::F32, &Device::Cpu).unwrap();
+        let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+        let da = drop_features(&x, 0.25, &mut a).unwrap();
+        let db = drop_features(&x, 0.25, &mut b).unwrap();
+        let va: Vec<f32> = da.flatten_all().unwrap().to_vec1().unwrap();
+        let vb: Vec<f32> = db.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(va, vb, "same seed, same mask");
+        let zeros = va.iter().filter(|v| **v == 0.0).count() as f64 / va.len() as f64;
+        assert!((zeros - 0.25).abs() < 0.03, "dropped fraction {zeros}");
+        let mean = va.iter().sum::<f32>() / va.len() as f32;
+        assert!((mean - 1.0).abs() < 0.05, "mean {mean}");
+        assert!(va
+            .iter()
+            .all(|v| *v == 0.0 || (*v - 4.0 / 3.0).abs() < 1e-6));
+    }
 }
