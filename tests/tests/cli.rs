@@ -347,36 +347,32 @@ fn train_reuses_cached_features_and_is_deterministic() {
     write(&dir.path().join("domain"), "mmlu_pro.jsonl", &lines);
     let base = paths::root().join("models/base/all-MiniLM-L6-v2");
     let cache = dir.path().join("features");
-    let train = |out: &str| {
+    let train = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
-        let (ok, _, err) = vsr(
-            &[
-                "train",
-                "--task",
-                "domain",
-                "--data",
-                dir.path().to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--epochs",
-                "2",
-                "--max-tokens",
-                "32",
-                "--head-embedding",
-                "--head-dropout",
-                "0.3",
-                "--feature-cache",
-                cache.to_str().unwrap(),
-            ],
-            &[("VSR_BASE_MODEL", base.to_str().unwrap())],
-        );
-        assert!(ok, "{err}");
-        (out, err)
+        let mut args = vec![
+            "train",
+            "--task",
+            "domain",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--max-tokens",
+            "32",
+            "--feature-cache",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = vsr(&args, &[("VSR_BASE_MODEL", base.to_str().unwrap())]);
+        (ok, out, err)
     };
-    let (first, log) = train("first");
-    assert!(log.contains("frozen features saved to"), "{log}");
-    let (second, log) = train("second");
-    assert!(log.contains("frozen features from"), "{log}");
+    let options = ["--head-embedding", "--head-dropout", "0.3"];
+    let (ok, first, log) = train("first", &options);
+    assert!(ok && log.contains("frozen features saved to"), "{log}");
+    let (ok, second, log) = train("second", &options);
+    assert!(ok && log.contains("frozen features from"), "{log}");
     let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
     assert!(
         read(&first, "adapter.safetensors") == read(&second, "adapter.safetensors"),
@@ -389,20 +385,7 @@ fn train_reuses_cached_features_and_is_deterministic() {
     assert!(card.contains("shared sentence embedding"), "{card}");
     assert!(card.contains("dropout 0.3 on the head's inputs"), "{card}");
 
-    let (ok, _, err) = vsr(
-        &[
-            "train",
-            "--task",
-            "domain",
-            "--data",
-            dir.path().to_str().unwrap(),
-            "--out",
-            dir.path().join("bad").to_str().unwrap(),
-            "--head-dropout",
-            "1",
-        ],
-        &[("VSR_BASE_MODEL", base.to_str().unwrap())],
-    );
+    let (ok, _, err) = train("bad", &["--head-dropout", "1"]);
     assert!(!ok);
     assert!(
         err.contains("--head-dropout must be in [0, 1), got 1"),
