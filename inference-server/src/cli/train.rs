@@ -69,8 +69,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub head_embedding: bool,
     /// Sequence tasks: fraction of the head's input features zeroed at
-    /// random (seeded) in each training step; 0 = off. Against a hidden-layer
-    /// head memorising the training set.
+    /// random (seeded) in each training step; 0 = off. Keeps the head from
+    /// fitting its training set (the shipped `domain` head uses 0.3).
     #[arg(long, default_value_t = 0.0)]
     pub head_dropout: f64,
     /// Sequence tasks: keep the frozen layers' features in this directory
