@@ -536,17 +536,16 @@ fn branch_logits(
         Pooling::Cls => cls_pool(&h)?,
         Pooling::Mean => mean_pool(&h, mask)?,
     };
-    match dropout {
-        Some((p, rng)) if p > 0.0 => {
-            let pooled = drop_features(&pooled, p, rng)?;
-            let embedding = match &batch.embedding {
-                Some(e) => Some(drop_features(e, p, rng)?),
-                None => None,
-            };
-            branch.classify(&pooled, embedding.as_ref())
-        }
-        _ => branch.classify(&pooled, batch.embedding.as_ref()),
-    }
+    let (pooled, embedding) = match dropout {
+        Some((p, rng)) if p > 0.0 => (
+            drop_features(&pooled, p, rng)?,
+            (batch.embedding.as_ref())
+                .map(|e| drop_features(e, p, rng))
+                .transpose()?,
+        ),
+        _ => (pooled, batch.embedding.clone()),
+    };
+    branch.classify(&pooled, embedding.as_ref())
 }
 
 /// Inverted dropout with a mask from the run's seeded [`Rng`] (candle's own
