@@ -314,7 +314,8 @@ fn eval_labelled_scores_the_domain_probe_and_names_bad_lines() {
 /// `--feature-cache` loads the frozen features instead of recomputing them and
 /// trains exactly the same weights (the run is deterministic, its dropout
 /// masks included, and the cache holds what the first run computed);
-/// `--head-embedding` reaches `task.json` and `--head-dropout` the card.
+/// `--head-embedding` reaches `task.json` and `--head-dropout` the card;
+/// `--train-seed` retrains on the same split.
 #[test]
 fn train_reuses_cached_features_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
@@ -384,6 +385,20 @@ fn train_reuses_cached_features_and_is_deterministic() {
     assert!(card.contains("loaded from `--feature-cache`"), "{card}");
     assert!(card.contains("shared sentence embedding"), "{card}");
     assert!(card.contains("dropout 0.3 on the head's inputs"), "{card}");
+
+    // Another training seed: the same split (so the same cached features),
+    // other weights, and the card says which seed trained them.
+    let reseeded = [&options[..], &["--train-seed", "7"]].concat();
+    let (ok, third, log) = train("third", &reseeded);
+    assert!(ok && log.contains("frozen features from"), "{log}");
+    assert!(
+        read(&first, "adapter.safetensors") != read(&third, "adapter.safetensors"),
+        "--train-seed did not change the weights"
+    );
+    let spec3: serde_json::Value = serde_json::from_slice(&read(&third, "task.json")).unwrap();
+    assert_eq!(spec3["metadata"]["split"], spec["metadata"]["split"]);
+    let card = String::from_utf8(read(&third, "model-card.md")).unwrap();
+    assert!(card.contains("training seed 7"), "{card}");
 
     let (ok, _, err) = train("bad", &["--head-dropout", "1"]);
     assert!(!ok);

@@ -33,9 +33,15 @@ pub struct TrainArgs {
     /// How many top encoder layers the task re-runs with LoRA.
     #[arg(long, default_value_t = 1)]
     pub top_layers: usize,
-    /// Seed of the split, the shuffles and the initial weights.
+    /// Seed of the split, and (without `--train-seed`) of the shuffles and
+    /// the initial weights.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Seed of the initial weights, the shuffles and the dropout masks
+    /// only (default: `--seed`): other values train again on the same
+    /// split, which measures run-to-run noise.
+    #[arg(long)]
+    pub train_seed: Option<u64>,
     /// Train on a seeded subset of at most this many examples.
     #[arg(long)]
     pub max_examples: Option<usize>,
@@ -111,6 +117,7 @@ impl TrainArgs {
             lora_alpha: 2.0 * self.lora_rank as f64,
             top_layers: self.top_layers,
             seed: self.seed,
+            train_seed: self.train_seed.unwrap_or(self.seed),
             max_examples: self.max_examples,
             batch_size: self.batch_size.max(1),
             max_tokens: self.max_tokens,

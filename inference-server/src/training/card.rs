@@ -188,6 +188,13 @@ pub(crate) fn hyper_line(
          AdamW lr {} (linear decay to 10%), weight decay {}, batch {}, {inputs} {} tokens for training",
         cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.max_tokens
     );
+    if cfg.train_seed != cfg.seed {
+        let _ = writeln!(
+            s,
+            "* training seed {} (initial weights, batch order, dropout masks; the split's seed is {})",
+            cfg.train_seed, cfg.seed
+        );
+    }
 }
 
 /// The per-epoch table: epoch, train loss and the two validation numbers

@@ -811,7 +811,7 @@ pub fn train(
     let cache = cache_features(&model, &aligned, first_layer)?;
     let cache_secs = t0.elapsed().as_secs_f64();
 
-    let mut rng = Rng::new(cfg.seed ^ 0x70CE);
+    let mut rng = Rng::new(cfg.train_seed ^ 0x70CE);
     let varmap = trainer::init_vars(&spec, &model.config, &mut rng, &dev)?;
     let branch = TaskBranch::load(
         &spec,

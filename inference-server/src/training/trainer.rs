@@ -32,7 +32,11 @@ pub struct TrainConfig {
     pub lora_rank: usize,
     pub lora_alpha: f64,
     pub top_layers: usize,
+    /// Seed of the split (and of `--max-examples`' subset).
     pub seed: u64,
+    /// Seed of the initial weights, the batch order and the dropout masks;
+    /// apart from `seed` so run-to-run noise can be measured on one split.
+    pub train_seed: u64,
     pub max_examples: Option<usize>,
     pub batch_size: usize,
     pub max_tokens: usize,
@@ -668,8 +672,8 @@ pub fn train(
     )?;
     let cache_secs = t0.elapsed().as_secs_f64();
 
-    let mut rng = Rng::new(cfg.seed ^ 0x1A17);
-    let mut drop_rng = Rng::new(cfg.seed ^ 0xD209);
+    let mut rng = Rng::new(cfg.train_seed ^ 0x1A17);
+    let mut drop_rng = Rng::new(cfg.train_seed ^ 0xD209);
     let varmap = init_vars(&spec, &model.config, &mut rng, &dev)?;
     let branch = TaskBranch::load(
         &spec,
