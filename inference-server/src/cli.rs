@@ -1,5 +1,6 @@
 //! One module per `vsr` subcommand; each exposes `XxxArgs` (clap) and `run`.
 
+pub mod ensemble;
 pub mod eval;
 pub mod init;
 pub mod mock_llm;

@@ -30,6 +30,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Fine-tune a task head (LoRA + linear head) and write it for the sidecar.
     Train(cli::train::TrainArgs),
+    /// Join task directories trained with other seeds into one averaged task.
+    Ensemble(cli::ensemble::EnsembleArgs),
     /// Score a trained task directory (accuracy, macro-F1, per-class P/R, confusion).
     Eval(cli::eval::EvalArgs),
 }
@@ -44,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::MockLlm(a) => cli::mock_llm::run(a),
         Command::Serve(a) => cli::serve::run(a),
         Command::Train(a) => cli::train::run(a),
+        Command::Ensemble(a) => cli::ensemble::run(a),
         Command::Eval(a) => cli::eval::run(a),
     };
     match result {

@@ -205,6 +205,7 @@ fn spec(
             targets: vec!["attention.self.query".into(), "attention.self.value".into()],
         }),
         head: HeadSpec::default(),
+        members: 1,
         metadata: None,
     }
 }

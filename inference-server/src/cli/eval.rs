@@ -138,22 +138,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     let data_dir = args.data.context("--data is required")?;
     let dataset = data::load(&args.task, &data_dir)?;
-    let split = task
-        .files
-        .spec
-        .metadata
-        .as_ref()
-        .and_then(|m| m.get("split"))
-        .cloned()
-        .unwrap_or_default();
-    let indices: Vec<usize> = if args.all || split.is_null() {
-        (0..dataset.validated).collect()
-    } else {
-        let seed = split["seed"].as_u64().unwrap_or(42);
-        let frac = split["val_fraction"].as_f64().unwrap_or(0.1);
-        let max = split["max_examples"].as_u64().map(|m| m as usize);
-        let used = data::subsample(dataset.validated, max, seed);
-        data::split_examples(&dataset, &used, frac, seed).1
+    let validation = data::recorded_validation(&task.files.spec, &dataset).filter(|_| !args.all);
+    let indices: Vec<usize> = match &validation {
+        Some(val) => val.clone(),
+        None => (0..dataset.validated).collect(),
     };
     if let Some(per_label) = args.checking_sheet {
         let origins: Vec<&str> = args.origins.iter().map(String::as_str).collect();
@@ -192,10 +180,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             "{} on {} ({}):\n",
             args.task,
             dataset.source.display(),
-            if args.all || split.is_null() {
-                "all examples"
-            } else {
+            if validation.is_some() {
                 "validation split"
+            } else {
+                "all examples"
             }
         );
         println!("{}", scored.to_markdown());

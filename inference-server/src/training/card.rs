@@ -219,3 +219,114 @@ pub(crate) fn epoch_table(
 pub(crate) fn reproduce(s: &mut String, command: &str) {
     let _ = writeln!(s, "\n## Reproduce\n\n```sh\n{command}\n```");
 }
+
+/// One member of an ensemble, scored alone as served.
+pub struct MemberRow {
+    pub dir: String,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    /// The `vsr train` command of its card, when it has one.
+    pub command: Option<String>,
+    /// Its `model-card.md` (empty when missing).
+    pub card: String,
+}
+
+pub struct EnsembleCard<'a> {
+    pub task: &'a str,
+    pub members: &'a [MemberRow],
+    pub scored: &'a Scored,
+    pub eval_max_tokens: usize,
+    pub command: &'a str,
+}
+
+/// The command of a card's closing `## Reproduce` section.
+pub fn reproduce_command(card: &str) -> Option<&str> {
+    let (_, rest) = card.rsplit_once("## Reproduce")?;
+    let (_, rest) = rest.split_once("```sh\n")?;
+    rest.lines().next().filter(|l| !l.trim().is_empty())
+}
+
+/// `model-card.md` of an ensemble: its members alone and together, the
+/// commands that rebuild it, and the first member's card (data, layout,
+/// hyper-parameters: the same for every member but the training seed).
+pub fn render_ensemble(c: &EnsembleCard) -> String {
+    let mut s = String::new();
+    let n = c.members.len();
+    let _ = writeln!(s, "# `{}` task head (ensemble of {n})\n", c.task);
+    let _ = writeln!(
+        s,
+        "Classifier for the inference sidecar (docs/SIDECAR.md): {n} branches of one layout, \
+         trained by `vsr train` on the same data and validation split with different training \
+         seeds and joined by `vsr ensemble`. The sidecar runs every member and averages their \
+         softmax outputs (`members` in `task.json`; member k ≥ 1's tensors under `member.<k>.`).\n"
+    );
+    let _ = writeln!(s, "## Members\n");
+    let _ = writeln!(
+        s,
+        "Each member alone, scored as served on the validation split below:\n"
+    );
+    let _ = writeln!(s, "| member | from | val accuracy | val macro-F1 |");
+    let _ = writeln!(s, "|---:|---|---:|---:|");
+    for (k, m) in c.members.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "| {k} | `{}` | {:.4} | {:.4} |",
+            m.dir, m.accuracy, m.macro_f1
+        );
+    }
+    let mean = c.members.iter().map(|m| m.accuracy).sum::<f64>() / n as f64;
+    let _ = writeln!(
+        s,
+        "\nMean of the members alone: accuracy {mean:.4}; the ensemble: {:.4}.",
+        c.scored.report.accuracy
+    );
+    let _ = writeln!(
+        s,
+        "\n## Validation metrics\n\nComputed after joining, by loading this directory through the sidecar's task discovery and `CandleBackend` (inputs up to {} tokens, as served). The split also chose each member's epoch (early stopping), so these numbers are slightly optimistic for unseen data:\n",
+        c.eval_max_tokens
+    );
+    let _ = writeln!(s, "{}", c.scored.to_markdown());
+    let _ = writeln!(s, "## Reproduce\n\n```sh");
+    for m in c.members {
+        match &m.command {
+            Some(cmd) => {
+                let _ = writeln!(s, "{cmd}");
+            }
+            None => {
+                let _ = writeln!(s, "# {}: its card names no command", m.dir);
+            }
+        }
+    }
+    let _ = writeln!(s, "{}\n```", c.command);
+    if let Some(first) = c.members.first().filter(|m| !m.card.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\n## Member 0's card\n\nData, labels, layout and hyper-parameters are the same for \
+             every member; only the training seed differs (see the commands above).\n"
+        );
+        for line in first.card.lines() {
+            // One level down, under this card's own headings.
+            if line.starts_with('#') {
+                let _ = writeln!(s, "##{line}");
+            } else {
+                let _ = writeln!(s, "{line}");
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod ensemble_tests {
+    use super::*;
+
+    #[test]
+    fn reproduce_command_is_the_closing_sh_line() {
+        let card = "# t\n\n## Reproduce\n\n```sh\nvsr train --task domain --seed 1\n```\n";
+        assert_eq!(
+            reproduce_command(card),
+            Some("vsr train --task domain --seed 1")
+        );
+        assert_eq!(reproduce_command("# t\n\nno section\n"), None);
+    }
+}

@@ -8,12 +8,14 @@
 //! * [`trainer`] — frozen-feature cache, train loop, task writer;
 //! * [`evaluate`] — scores a task directory through `CandleBackend`;
 //! * [`card`] — `model-card.md`;
+//! * [`ensemble`] — joins trained runs into one averaged task;
 //! * [`checked`] — hand-checked evaluation samples for proxy-labelled tasks.
 
 pub mod card;
 pub mod checked;
 pub mod csv;
 pub mod data;
+pub mod ensemble;
 pub mod evaluate;
 pub mod feedback_templates;
 pub mod hallucination_data;

@@ -425,6 +425,7 @@ pub fn token_spec(
             hidden: cfg.head_hidden.clone(),
             ..HeadSpec::default()
         },
+        members: 1,
         metadata: Some(metadata),
     }
 }

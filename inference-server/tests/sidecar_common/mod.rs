@@ -83,6 +83,7 @@ pub fn random_task(
             targets: vec!["attention.self.query".into(), "attention.self.value".into()],
         }),
         head: HeadSpec::default(),
+        members: 1,
         metadata: None,
     };
     write_random_task(dir, &spec, 384, 1536, 6).unwrap();

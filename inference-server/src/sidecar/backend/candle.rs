@@ -19,7 +19,7 @@ use super::{
 use crate::sidecar::model::bert::{
     cls_pool, l2_normalize, mean_pool, BertConfig, BertModel, LayerAdapter, Mode,
 };
-use crate::sidecar::tasks::{Activation, Pooling, TaskKind, TaskSpec, ADAPTER_FILE};
+use crate::sidecar::tasks::{member_prefix, Activation, Pooling, TaskKind, TaskSpec, ADAPTER_FILE};
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device, BackendError> {
@@ -60,6 +60,9 @@ pub struct Head {
     hidden: Vec<Linear>,
     activation: Activation,
     out: Linear,
+    /// Ensemble members stacked in the weights (`[members, out, in]`); the
+    /// input rows are that many equal groups, group k for member k.
+    members: usize,
 }
 
 impl Head {
@@ -80,20 +83,60 @@ impl Head {
             hidden,
             activation: spec.head.activation,
             out,
+            members: 1,
         })
+    }
+
+    /// One head holding the weights of `heads` (same shapes) stacked.
+    fn stack(heads: &[Head]) -> candle_core::Result<Self> {
+        let stack = |get: &dyn Fn(&Head) -> &Linear| -> candle_core::Result<Linear> {
+            let weights: Vec<&Tensor> = heads.iter().map(|h| get(h).weight()).collect();
+            let biases = heads
+                .iter()
+                .map(|h| get(h).bias().cloned())
+                .collect::<Option<Vec<_>>>()
+                .map(|b| Tensor::stack(&b, 0))
+                .transpose()?;
+            Ok(Linear::new(Tensor::stack(&weights, 0)?, biases))
+        };
+        let first = heads
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg("no heads to stack".into()))?;
+        Ok(Self {
+            hidden: (0..first.hidden.len())
+                .map(|j| stack(&|h: &Head| &h.hidden[j]))
+                .collect::<candle_core::Result<_>>()?,
+            activation: first.activation,
+            out: stack(&|h: &Head| &h.out)?,
+            members: heads.len(),
+        })
+    }
+
+    /// `l` over `x` `[rows, in]`; stacked: row group k through member k.
+    fn dense(&self, l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.members == 1 {
+            return l.forward(x);
+        }
+        let (rows, inn) = x.dims2()?;
+        let x = x.reshape((self.members, rows / self.members, inn))?;
+        let mut y = x.matmul(&l.weight().t()?)?;
+        if let Some(b) = l.bias() {
+            y = y.broadcast_add(&b.unsqueeze(1)?)?;
+        }
+        y.reshape((rows, ()))
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut x = x.clone();
         for l in &self.hidden {
-            x = l.forward(&x)?;
+            x = self.dense(l, &x)?;
             x = match self.activation {
                 Activation::Tanh => x.tanh()?,
                 Activation::Gelu => x.gelu_erf()?,
                 Activation::Relu => x.relu()?,
             };
         }
-        self.out.forward(&x)
+        self.dense(&self.out, &x)
     }
 }
 
@@ -111,6 +154,8 @@ pub struct TaskBranch {
     pub head: Head,
     /// The head also reads the shared embedding (`HeadSpec::with_embedding`).
     pub with_embedding: bool,
+    /// Ensemble members stacked in the adapters and head ([`TaskBranch::stack`]).
+    pub members: usize,
 }
 
 impl TaskBranch {
@@ -138,6 +183,33 @@ impl TaskBranch {
             adapters,
             head: Head::load(spec, spec.head.input_width(cfg.hidden_size), vb)?,
             with_embedding: spec.head.with_embedding,
+            members: 1,
+        })
+    }
+
+    /// One branch running `members` (branches of one spec) as one batch:
+    /// their adapters and heads stacked, so each operation runs once for
+    /// all of them. Rows go in repeated once per member ([`repeat_rows`]).
+    pub fn stack(members: &[TaskBranch]) -> candle_core::Result<Self> {
+        let first = members
+            .first()
+            .ok_or_else(|| candle_core::Error::Msg("no members to stack".into()))?;
+        if members.len() == 1 {
+            return Ok(first.clone());
+        }
+        let adapters = (0..first.adapters.len())
+            .map(|k| {
+                let layer: Vec<LayerAdapter> =
+                    members.iter().map(|m| m.adapters[k].clone()).collect();
+                LayerAdapter::stack(&layer)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let heads: Vec<Head> = members.iter().map(|m| m.head.clone()).collect();
+        Ok(Self {
+            adapters,
+            head: Head::stack(&heads)?,
+            members: members.len(),
+            ..first.clone()
         })
     }
 
@@ -213,8 +285,18 @@ impl CandleBackend {
             let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &device)
                 .map_err(load_err("task weights"))?;
             let what = format!("task `{}` ({})", t.spec.name, path.display());
+            let members = (0..t.spec.members)
+                .map(|k| {
+                    let vb = match member_prefix(k) {
+                        Some(p) => vb.pp(p),
+                        None => vb.clone(),
+                    };
+                    TaskBranch::load(&t.spec, &model.config, vb)
+                        .map_err(|e| BackendError::Load(format!("{what}, member {k}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             branches.push(
-                TaskBranch::load(&t.spec, &model.config, vb)
+                TaskBranch::stack(&members)
                     .map_err(|e| BackendError::Load(format!("{what}: {e}")))?,
             );
         }
@@ -310,7 +392,7 @@ impl CandleBackend {
                 &saved[&branch.first_layer]
             };
             let shared = shared.as_ref().filter(|_| branch.with_embedding);
-            let (mut h, m, b, e) = if rows.len() == n {
+            let (h, m, b, e) = if rows.len() == n {
                 (start.clone(), mask.clone(), bias.clone(), shared.cloned())
             } else {
                 let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
@@ -321,19 +403,8 @@ impl CandleBackend {
                     shared.map(|e| e.index_select(&idx, 0)).transpose()?,
                 )
             };
-            // A CLS-pooled head only reads position 0 of the last layer.
-            let cls_only = !branch.kind.per_token() && branch.pooling == Pooling::Cls;
-            let last = branch.adapters.len().saturating_sub(1);
-            for (k, adapter) in branch.adapters.iter().enumerate() {
-                let index = branch.first_layer + k;
-                h = if cls_only && k == last {
-                    self.model
-                        .layer_cls(index, &h, &b, Some(adapter), self.mode)?
-                } else {
-                    self.model.layer(index, &h, &b, Some(adapter), self.mode)?
-                };
-            }
             if branch.kind.per_token() {
+                let h = self.branch_layers(branch, h, &b)?;
                 let logits = branch.head.forward(&h)?; // [r, s, labels]
                 let labels = logits.dim(2)?;
                 let all = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -349,18 +420,69 @@ impl CandleBackend {
                     ));
                 }
             } else {
+                // An ensemble runs its members as one batch of repeated rows.
+                let k = branch.members;
+                let h = self.branch_layers(branch, repeat_rows(&h, k)?, &repeat_rows(&b, k)?)?;
                 let pooled = match branch.pooling {
-                    Pooling::Mean => mean_pool(&h, &m)?,
+                    Pooling::Mean => mean_pool(&h, &repeat_rows(&m, k)?)?,
                     Pooling::Cls => cls_pool(&h)?,
                 };
-                let logits = branch.classify(&pooled, e.as_ref())?.to_vec2::<f32>()?;
-                for (&r, l) in rows.iter().zip(logits) {
+                let e = e.map(|e| repeat_rows(&e, k)).transpose()?;
+                let mut logits = branch.classify(&pooled, e.as_ref())?;
+                if k > 1 {
+                    logits = ensemble_logits(&logits, k)?;
+                }
+                for (&r, l) in rows.iter().zip(logits.to_vec2::<f32>()?) {
                     out[r as usize].heads.push((t, HeadOutput::Sequence(l)));
                 }
             }
         }
         Ok(out)
     }
+
+    /// Runs `branch`'s re-run layers (with its adapters) over `h`, the
+    /// hidden state entering its first layer.
+    fn branch_layers(
+        &self,
+        branch: &TaskBranch,
+        mut h: Tensor,
+        bias: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        // A CLS-pooled head only reads position 0 of the last layer.
+        let cls_only = !branch.kind.per_token() && branch.pooling == Pooling::Cls;
+        let last = branch.adapters.len().saturating_sub(1);
+        for (k, adapter) in branch.adapters.iter().enumerate() {
+            let index = branch.first_layer + k;
+            h = if cls_only && k == last {
+                self.model
+                    .layer_cls(index, &h, bias, Some(adapter), self.mode)?
+            } else {
+                self.model
+                    .layer(index, &h, bias, Some(adapter), self.mode)?
+            };
+        }
+        Ok(h)
+    }
+}
+
+/// `t` with its rows (first axis) repeated `k` times, copy after copy: the
+/// input of a branch stacking `k` members. `k` = 1 returns `t`.
+fn repeat_rows(t: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    if k == 1 {
+        return Ok(t.clone());
+    }
+    let mut times = vec![1; t.rank()];
+    times[0] = k;
+    t.repeat(times)
+}
+
+/// An ensemble's logits `[b, labels]` from its `k` members' `[k·b, labels]`
+/// (row group j from member j): the log of their mean softmax, so the
+/// softmax every caller applies gives the averaged probabilities exactly.
+pub fn ensemble_logits(members: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let (rows, labels) = members.dims2()?;
+    let probs = candle_nn::ops::softmax(&members.reshape((k, rows / k, labels))?, 2)?;
+    probs.mean(0)?.log()
 }
 
 impl Backend for CandleBackend {

@@ -113,9 +113,10 @@ pub fn softmax(x: &Tensor, mode: Mode) -> Result<Tensor> {
 /// Low-rank update `scale * B(A x)` added to a frozen linear layer.
 #[derive(Debug, Clone)]
 pub struct Lora {
-    /// `[rank, in]`
+    /// `[rank, in]`, or `[members, rank, in]` when stacked for an ensemble
+    /// ([`LayerAdapter::stack`]).
     pub a: Tensor,
-    /// `[out, rank]`
+    /// `[out, rank]`, or `[members, out, rank]` when stacked.
     pub b: Tensor,
     /// `alpha / rank`
     pub scale: f64,
@@ -136,13 +137,24 @@ impl Lora {
         })
     }
 
-    /// The delta for `x` of shape `[batch, seq, in]`.
+    /// The delta for `x` of shape `[batch, seq, in]`. Stacked: the batch is
+    /// `members` equal groups of rows, group k for member k.
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
         let (bsz, seq, inn) = x.dims3()?;
-        let x2 = x.reshape((bsz * seq, inn))?;
-        let d = x2.matmul(&self.a.t()?)?.matmul(&self.b.t()?)?;
+        let x = if self.a.rank() == 3 {
+            let groups = self.a.dim(0)?;
+            x.reshape((groups, bsz / groups * seq, inn))?
+        } else {
+            x.reshape((bsz * seq, inn))?
+        };
+        let d = x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)?;
         (d * self.scale)?.reshape((bsz, seq, ()))
     }
+}
+
+/// `tensors` stacked on a new first axis (one entry per ensemble member).
+fn stack_members(tensors: Vec<&Tensor>) -> Result<Tensor> {
+    Tensor::stack(&tensors, 0)
 }
 
 /// Names of the linear modules of a layer that can carry a LoRA adapter
@@ -194,6 +206,34 @@ impl LayerAdapter {
             *slot = Some(Lora::load(inn, out, rank, alpha, vb.pp(t))?);
         }
         Ok(a)
+    }
+
+    /// One adapter whose LoRA matrices stack those of `members` (same
+    /// targets, rank and scale), for running an ensemble's members as one
+    /// batch: fewer, larger operations than one pass per member.
+    pub fn stack(members: &[LayerAdapter]) -> Result<Self> {
+        let slot = |get: fn(&LayerAdapter) -> Option<&Lora>| -> Result<Option<Lora>> {
+            let loras: Vec<&Lora> = members.iter().filter_map(get).collect();
+            match loras.first() {
+                None => Ok(None),
+                Some(_) if loras.len() != members.len() => {
+                    candle_core::bail!("ensemble members carry LoRA on different targets")
+                }
+                Some(first) => Ok(Some(Lora {
+                    a: stack_members(loras.iter().map(|l| &l.a).collect())?,
+                    b: stack_members(loras.iter().map(|l| &l.b).collect())?,
+                    scale: first.scale,
+                })),
+            }
+        };
+        Ok(Self {
+            query: slot(|a| a.query.as_ref())?,
+            key: slot(|a| a.key.as_ref())?,
+            value: slot(|a| a.value.as_ref())?,
+            attention_output: slot(|a| a.attention_output.as_ref())?,
+            intermediate: slot(|a| a.intermediate.as_ref())?,
+            output: slot(|a| a.output.as_ref())?,
+        })
     }
 }
 

@@ -168,9 +168,30 @@ pub struct TaskSpec {
     pub lora: Option<LoraSpec>,
     #[serde(default)]
     pub head: HeadSpec,
+    /// Ensemble size: this many branches of this one layout, trained apart
+    /// (other seeds), whose softmax outputs are averaged. Averaging cuts the
+    /// run-to-run noise of one training run; a CLS-pooled member costs one
+    /// layer's work for `[CLS]` plus its key/value projections, not a layer.
+    /// Member k ≥ 1 keeps its tensors under `member.<k>.`; member 0 under
+    /// the plain names, so a one-member file is an ordinary task.
+    #[serde(default = "one_member", skip_serializing_if = "is_one_member")]
+    pub members: usize,
     /// Free-form provenance (trainer, data, date); not interpreted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+}
+
+fn one_member() -> usize {
+    1
+}
+
+fn is_one_member(n: &usize) -> bool {
+    *n == 1
+}
+
+/// Prefix of ensemble member `k`'s tensors in `adapter.safetensors`.
+pub fn member_prefix(k: usize) -> Option<String> {
+    (k > 0).then(|| format!("member.{k}"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +227,15 @@ impl TaskSpec {
             if self.top_layers == 0 {
                 return Err("lora is set but top_layers is 0".into());
             }
+        }
+        if self.members == 0 {
+            return Err("members must be at least 1".into());
+        }
+        if self.members > 1 && self.kind.per_token() {
+            return Err(format!(
+                "members > 1 (an ensemble) is for sequence and pair tasks, not `{}`",
+                self.kind.as_str()
+            ));
         }
         if self.head.with_embedding && self.kind != TaskKind::Sequence {
             return Err(format!(
@@ -286,6 +316,7 @@ mod tests {
             top_layers: 1,
             lora: None,
             head: HeadSpec::default(),
+            members: 1,
             metadata: None,
         }
     }
@@ -307,12 +338,24 @@ mod tests {
         s.head.with_embedding = true;
         assert_eq!(s.validate(6), Ok(()));
         assert_eq!(s.head.input_width(384), 768);
+        s.members = 0;
+        assert!(s.validate(6).unwrap_err().contains("members"));
+        s.members = 3;
+        assert_eq!(s.validate(6), Ok(()));
+        let mut s = spec(TaskKind::Token);
+        s.members = 2;
+        let e = s.validate(6).unwrap_err();
+        assert!(e.contains("ensemble") && e.contains("token"), "{e}");
     }
 
     #[test]
     fn with_embedding_is_written_only_when_set() {
         let plain = serde_json::to_value(spec(TaskKind::Sequence)).unwrap();
         assert!(plain["head"].get("with_embedding").is_none(), "{plain}");
+        // One member is the plain layout: not written, read back as 1.
+        assert!(plain.get("members").is_none(), "{plain}");
+        let back: TaskSpec = serde_json::from_value(plain).unwrap();
+        assert_eq!(back.members, 1);
         let mut s = spec(TaskKind::Sequence);
         s.head.with_embedding = true;
         let v = serde_json::to_value(&s).unwrap();
