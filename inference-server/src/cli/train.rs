@@ -93,11 +93,6 @@ pub struct TrainArgs {
     /// category names a domain (training only).
     #[arg(long)]
     pub truthfulqa_extra: bool,
-    /// `domain` only: also train on each training question followed by its
-    /// answer options, one lettered line each (training only; a view of a
-    /// validation question is never trained on).
-    #[arg(long)]
-    pub options_extra: bool,
     /// `pii` only: also train on WNUT-17's training and dev tweets (training
     /// only; its test file is left for `vsr eval --all`).
     #[arg(long)]
@@ -143,7 +138,6 @@ impl TrainArgs {
         data::LoadOptions {
             mmlu_extra: self.mmlu_extra,
             truthfulqa_extra: self.truthfulqa_extra,
-            options_extra: self.options_extra,
             wnut_extra: self.wnut_extra,
         }
     }
@@ -155,7 +149,6 @@ pub fn extra_data_name(args: &TrainArgs) -> Option<String> {
     let names: Vec<&str> = [
         args.mmlu_extra.then_some("mmlu"),
         args.truthfulqa_extra.then_some("truthfulqa"),
-        args.options_extra.then_some("options"),
         args.wnut_extra.then_some("wnut17"),
     ]
     .into_iter()
@@ -218,7 +211,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         sources: &dataset.sources,
         label_note: &dataset.label_note,
         total_examples: dataset.validated,
-        extra_examples: outcome.extra_examples,
+        extra_examples: dataset.examples.len() - dataset.validated,
         base_model: &base_id,
         base_sha256: &base_sha,
         scored: &scored,

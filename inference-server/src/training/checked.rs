@@ -179,7 +179,6 @@ mod tests {
             second: None,
             label,
             origin: 0,
-            view_of: None,
         };
         Dataset {
             labels: vec!["a".into(), "b".into()],

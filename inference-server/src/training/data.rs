@@ -33,10 +33,6 @@ pub struct Example {
     pub label: usize,
     /// Index into [`Dataset::origins`]: the file or subset it came from.
     pub origin: usize,
-    /// `Some(i)`: a training-only rewrite of example `i` (its question with
-    /// the answer options), trained on only when `i` is, so that no view
-    /// of a validation example is learnt.
-    pub view_of: Option<usize>,
 }
 
 /// Texts kept out of training and validation whose predicted labels the
@@ -77,17 +73,13 @@ pub struct LoadOptions {
     /// `pii`: also train on WNUT-17's training and dev tweets
     /// (`pii/wnut17/`; its test file stays unseen for `vsr eval`).
     pub wnut_extra: bool,
-    /// `domain`: also train on each training question followed by its
-    /// answer options (MMLU-Pro `options`, MMLU `choice0..3`), a second view
-    /// of the same question; validation stays question-only.
-    pub options_extra: bool,
 }
 
 impl LoadOptions {
     /// Refuses extra data that belongs to another task than `task`.
     pub fn check(&self, task: &str) -> anyhow::Result<()> {
-        if (self.mmlu_extra || self.truthfulqa_extra || self.options_extra) && task != "domain" {
-            bail!("MMLU, TruthfulQA and answer-option extra data are for the `domain` task only");
+        if (self.mmlu_extra || self.truthfulqa_extra) && task != "domain" {
+            bail!("MMLU and TruthfulQA extra data are for the `domain` task only");
         }
         if self.wnut_extra && task != "pii" {
             bail!("WNUT-17 extra data is for the `pii` task only");
@@ -195,9 +187,9 @@ pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<D
     opts.check(task)?;
     match task {
         "domain" => {
-            let mut d = load_domain(data, opts.options_extra)?;
+            let mut d = load_domain(data)?;
             if opts.mmlu_extra {
-                add_mmlu(&mut d, opts.options_extra)?;
+                add_mmlu(&mut d)?;
             }
             if opts.truthfulqa_extra {
                 add_truthfulqa(&mut d)?;
@@ -215,41 +207,12 @@ pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<D
     }
 }
 
-/// A multiple-choice question as a user pastes it: the question, then one
-/// line per option lettered `A.`, `B.`, …
-fn with_options<S: AsRef<str>>(question: &str, options: &[S]) -> String {
-    let mut s = question.to_string();
-    for (letter, o) in ('A'..='Z').zip(options) {
-        s.push_str(&format!("\n{letter}. {}", o.as_ref().trim()));
-    }
-    s
-}
-
-/// Appends a training-only [`with_options`] view of example `of`.
-fn push_view<S: AsRef<str>>(d: &mut Vec<Example>, of: usize, options: &[S], origin: usize) {
-    if options.is_empty() {
-        return;
-    }
-    let e = &d[of];
-    let view = Example {
-        text: with_options(&e.text, options),
-        second: None,
-        label: e.label,
-        origin,
-        view_of: Some(of),
-    };
-    d.push(view);
-}
-
-/// `domain` from MMLU-Pro; with `options_extra`, each question's
-/// [`with_options`] view is appended after the validated examples.
-fn load_domain(data: &Path, options_extra: bool) -> anyhow::Result<Dataset> {
+fn load_domain(data: &Path) -> anyhow::Result<Dataset> {
     let source = resolve("domain", data)?;
     let text = std::fs::read_to_string(&source)
         .with_context(|| format!("reading {}", source.display()))?;
     let labels: Vec<String> = DOMAIN_LABELS.iter().map(|s| s.to_string()).collect();
     let mut examples = Vec::new();
-    let mut options: Vec<Vec<String>> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -273,47 +236,22 @@ fn load_domain(data: &Path, options_extra: bool) -> anyhow::Result<Dataset> {
             second: None,
             label,
             origin: 0,
-            view_of: None,
         });
-        options.push(
-            v["options"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|o| o.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        );
     }
     if examples.is_empty() {
         bail!("{}: no examples", source.display());
     }
     let n = examples.len();
-    let mut sources = vec![format!("`{}` (`question` → `category`)", source.display())];
-    let mut origins = vec!["MMLU-Pro".to_string()];
-    if options_extra {
-        origins.push("MMLU-Pro with options (training only)".into());
-        for (i, opts) in options.iter().enumerate() {
-            push_view(&mut examples, i, opts, 1);
-        }
-        sources.push(format!(
-            "`{}` (`question` + `options`, one lettered line each; training only): {} views, \
-             each trained on only when its question is in the training split",
-            source.display(),
-            examples.len() - n
-        ));
-    }
     Ok(Dataset {
         labels,
         examples,
-        sources,
+        sources: vec![format!("`{}` (`question` → `category`)", source.display())],
         source,
         label_note: "label = MMLU-Pro `category` lower-cased with spaces replaced by `_` \
                      (\"computer science\" → `computer_science`); text = `question` only \
-                     (validated on; options only in the training-only views, if any)"
+                     (options not included)"
             .into(),
-        origins,
+        origins: vec!["MMLU-Pro".into()],
         probes: Vec::new(),
         validated: n,
     })
@@ -351,10 +289,7 @@ fn mmlu_subject_labels(pro: &Path) -> anyhow::Result<std::collections::HashMap<S
 /// questions, sometimes lightly edited: a question whose normalized text, or
 /// its first 60 normalized characters, matches any MMLU-Pro question is
 /// dropped, so none of them leaks into the validation split.
-///
-/// With `options`, each added question's [`with_options`] view (`choice0..3`)
-/// is appended too.
-fn add_mmlu(d: &mut Dataset, options: bool) -> anyhow::Result<()> {
+fn add_mmlu(d: &mut Dataset) -> anyhow::Result<()> {
     let dir = d
         .source
         .parent()
@@ -370,9 +305,6 @@ fn add_mmlu(d: &mut Dataset, options: bool) -> anyhow::Result<()> {
     }
     let origin = d.origins.len();
     d.origins.push("MMLU (training only)".into());
-    if options {
-        d.origins.push("MMLU with options (training only)".into());
-    }
     let (mut added, mut leaked, mut skipped) = (0usize, 0usize, Vec::new());
     for split in ["dev", "test"] {
         let folder = dir.join(split);
@@ -408,32 +340,18 @@ fn add_mmlu(d: &mut Dataset, options: bool) -> anyhow::Result<()> {
                     second: None,
                     label,
                     origin,
-                    view_of: None,
                 });
                 added += 1;
-                if options {
-                    let choices: Vec<&str> = (0..4)
-                        .map(|k| field(&r, &format!("choice{k}")))
-                        .filter(|c| !c.trim().is_empty())
-                        .collect();
-                    let of = d.examples.len() - 1;
-                    push_view(&mut d.examples, of, &choices, origin + 1);
-                }
             }
         }
     }
     d.sources.push(format!(
         "`{}/{{dev,test}}/*.csv` (`question`; training only, never validated on): {added} \
-         questions{}; label = the MMLU-Pro category of the subject's questions in MMLU-Pro \
+         questions; label = the MMLU-Pro category of the subject's questions in MMLU-Pro \
          (`src` = `ori_mmlu-<subject>`); {leaked} questions dropped as (near-)copies of an \
          MMLU-Pro question (same text or same first 60 normalized characters); subjects \
          MMLU-Pro does not use: {}",
         dir.display(),
-        if options {
-            " (each also with its `choice0..3` as lettered lines)"
-        } else {
-            ""
-        },
         if skipped.is_empty() {
             "none".to_string()
         } else {
@@ -498,7 +416,6 @@ fn add_truthfulqa(d: &mut Dataset) -> anyhow::Result<()> {
             second: None,
             label,
             origin,
-            view_of: None,
         });
         *counts.entry(name).or_default() += 1;
     }
@@ -578,7 +495,6 @@ impl Builder {
             second: None,
             label,
             origin,
-            view_of: None,
         });
     }
 
@@ -1185,7 +1101,6 @@ fn load_nli(data: &Path) -> anyhow::Result<Dataset> {
                 second: Some(h),
                 label,
                 origin,
-                view_of: None,
             });
         }
         sources.push(format!(
@@ -1298,19 +1213,6 @@ pub fn recorded_validation(
     let max = split["max_examples"].as_u64().map(|m| m as usize);
     let used = subsample(data.validated, max, seed);
     Some(split_examples(data, &used, frac, seed).1)
-}
-
-/// The training-only examples (`examples[validated..]`) a run with training
-/// split `train` learns from: all but the views of examples outside it.
-pub fn training_extras(data: &Dataset, train: &[usize]) -> Vec<usize> {
-    let trained: std::collections::HashSet<usize> = train.iter().copied().collect();
-    (data.validated..data.examples.len())
-        .filter(|&i| {
-            data.examples[i]
-                .view_of
-                .is_none_or(|of| of >= data.validated || trained.contains(&of))
-        })
-        .collect()
 }
 
 /// A seeded subsample of at most `max` example indices (all when `None`),
@@ -1577,60 +1479,6 @@ mod tests {
             }
         )
         .is_err());
-    }
-
-    /// Answer-option views: appended after the validated questions (MMLU-Pro
-    /// ones) and after each MMLU extra; a view trains only with its question.
-    #[test]
-    fn options_extra_views_follow_their_question() {
-        let root = tempfile::tempdir().unwrap();
-        let d = root.path().join("domain");
-        std::fs::create_dir_all(d.join("mmlu/test")).unwrap();
-        std::fs::create_dir_all(d.join("mmlu/dev")).unwrap();
-        std::fs::write(
-            d.join(DOMAIN_FILE),
-            "{\"question\": \"What is 2+2?\", \"options\": [\"3\", \" 4\"], \"category\": \"math\", \"src\": \"ori_mmlu-high_school_mathematics\"}\n\
-             {\"question\": \"Which organelle makes ATP?\", \"category\": \"biology\"}\n\
-             {\"question\": \"What is a tort?\", \"options\": [\"a wrong\"], \"category\": \"law\"}\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("mmlu/test/high_school_mathematics_test.csv"),
-            "question,choice0,choice1,choice2,choice3,answer\nSolve 2x = 4.,1,2,3,4,1\n",
-        )
-        .unwrap();
-        let opts = LoadOptions {
-            mmlu_extra: true,
-            options_extra: true,
-            ..Default::default()
-        };
-        let ds = load_with("domain", root.path(), opts).unwrap();
-        assert_eq!(ds.validated, 3);
-        let rest: Vec<(&str, Option<usize>, &str)> = ds.examples[3..]
-            .iter()
-            .map(|e| (e.text.as_str(), e.view_of, ds.labels[e.label].as_str()))
-            .collect();
-        // The question without options has no view.
-        assert_eq!(
-            rest,
-            [
-                ("What is 2+2?\nA. 3\nB. 4", Some(0), "math"),
-                ("What is a tort?\nA. a wrong", Some(2), "law"),
-                ("Solve 2x = 4.", None, "math"),
-                ("Solve 2x = 4.\nA. 1\nB. 2\nC. 3\nD. 4", Some(5), "math"),
-            ]
-        );
-        // Question 2 validated: its view is not trained on; the rest is.
-        assert_eq!(training_extras(&ds, &[0, 1]), [3, 5, 6]);
-        assert_eq!(training_extras(&ds, &[0, 1, 2]), [3, 4, 5, 6]);
-        let plain = load("domain", root.path()).unwrap();
-        assert_eq!(training_extras(&plain, &[0]), Vec::<usize>::new());
-        let nli = LoadOptions {
-            options_extra: true,
-            ..Default::default()
-        };
-        let err = load_with("nli", root.path(), nli).unwrap_err().to_string();
-        assert!(err.contains("`domain` task only"), "{err}");
     }
 
     /// TruthfulQA questions join as training-only data when their category

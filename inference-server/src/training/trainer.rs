@@ -67,9 +67,6 @@ pub struct TrainOutcome {
     pub best_epoch: usize,
     pub epochs_run: usize,
     pub train_examples: usize,
-    /// How many of `train_examples` are training-only extra data (views of
-    /// validation examples left out).
-    pub extra_examples: usize,
     pub val_indices: Vec<usize>,
     pub history: Vec<(usize, f64, f64, f64)>,
     pub cache_secs: f64,
@@ -640,10 +637,12 @@ pub fn train(
     let (mut train_idx, val_idx) =
         super::data::split_examples(data, &used, cfg.val_fraction, cfg.seed);
     // Extra data is only trained on.
-    let extra_idx = super::data::training_extras(data, &train_idx);
-    let extra = extra_idx.len();
-    train_idx.extend(&extra_idx);
-    let used: Vec<usize> = used.into_iter().chain(extra_idx).collect();
+    let extra = data.examples.len() - data.validated;
+    train_idx.extend(data.validated..data.examples.len());
+    let used: Vec<usize> = used
+        .into_iter()
+        .chain(data.validated..data.examples.len())
+        .collect();
     eprintln!(
         "{}: {} examples ({} train of which {extra} extra, {} validation), {} labels",
         data.source.display(),
@@ -710,7 +709,6 @@ pub fn train(
         best_epoch: train_loop.best_epoch,
         epochs_run: train_loop.epochs_run,
         train_examples: train_idx.len(),
-        extra_examples: extra,
         val_indices: val_idx,
         history: train_loop.history,
         cache_secs,
