@@ -122,19 +122,12 @@ pub fn merge(members: &[Member]) -> anyhow::Result<(TaskSpec, HashMap<String, Te
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sidecar::tasks::{HeadSpec, Pooling, TaskKind};
+    use crate::sidecar::tasks::TaskKind;
 
     fn member(dir: &str, split_seed: u64, value: f32) -> Member {
         let spec = TaskSpec {
-            name: "domain".into(),
-            kind: TaskKind::Sequence,
-            labels: vec!["a".into(), "b".into()],
-            pooling: Pooling::Cls,
-            top_layers: 1,
-            lora: None,
-            head: HeadSpec::default(),
-            members: 1,
             metadata: Some(serde_json::json!({"split": {"seed": split_seed}, "dataset": "d"})),
+            ..tasks::test_spec(TaskKind::Sequence)
         };
         let t = Tensor::new(&[value], &Device::Cpu).unwrap();
         Member {
@@ -156,27 +149,21 @@ mod tests {
         assert_eq!(meta["ensembled_by"], "vsr ensemble");
         assert_eq!(meta["member_metadata"].as_array().unwrap().len(), 2);
 
-        let e = merge(&[member("a", 42, 1.0)]).err().unwrap().to_string();
-        assert!(e.contains("at least two"), "{e}");
+        let refused = |members: &[Member], why: &str| {
+            let e = merge(members).err().unwrap().to_string();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(&[member("a", 42, 1.0)], "at least two");
         // Another split: its training set may hold the other's validation.
-        let e = merge(&[member("a", 42, 1.0), member("b", 7, 2.0)])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("metadata.split"), "{e}");
+        refused(
+            &[member("a", 42, 1.0), member("b", 7, 2.0)],
+            "metadata.split",
+        );
         let mut other = member("b", 42, 2.0);
         other.spec.top_layers = 2;
-        let e = merge(&[member("a", 42, 1.0), other])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("another layout"), "{e}");
+        refused(&[member("a", 42, 1.0), other], "another layout");
         let mut nested = member("b", 42, 2.0);
         nested.spec.members = 2;
-        let e = merge(&[member("a", 42, 1.0), nested])
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("ensemble already"), "{e}");
+        refused(&[member("a", 42, 1.0), nested], "ensemble already");
     }
 }

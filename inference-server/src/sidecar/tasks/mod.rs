@@ -303,23 +303,27 @@ pub fn discover(models_dir: &Path, num_layers: usize) -> Result<Vec<TaskFiles>, 
     Ok(out)
 }
 
+/// A small valid spec (`custom`, two labels, CLS, top layer without LoRA)
+/// for unit tests to vary.
+#[cfg(test)]
+pub(crate) fn test_spec(kind: TaskKind) -> TaskSpec {
+    TaskSpec {
+        name: "custom".into(),
+        kind,
+        labels: vec!["a".into(), "b".into()],
+        pooling: Pooling::Cls,
+        top_layers: 1,
+        lora: None,
+        head: HeadSpec::default(),
+        members: 1,
+        metadata: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_spec as spec;
     use super::*;
-
-    fn spec(kind: TaskKind) -> TaskSpec {
-        TaskSpec {
-            name: "custom".into(),
-            kind,
-            labels: vec!["a".into(), "b".into()],
-            pooling: Pooling::Cls,
-            top_layers: 1,
-            lora: None,
-            head: HeadSpec::default(),
-            members: 1,
-            metadata: None,
-        }
-    }
 
     #[test]
     fn validate_names_what_is_wrong() {
