@@ -479,7 +479,7 @@ fn repeat_rows(t: &Tensor, k: usize) -> candle_core::Result<Tensor> {
 /// An ensemble's logits `[b, labels]` from its `k` members' `[k·b, labels]`
 /// (row group j from member j): the log of their mean softmax, so the
 /// softmax every caller applies gives the averaged probabilities exactly.
-pub fn ensemble_logits(members: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+fn ensemble_logits(members: &Tensor, k: usize) -> candle_core::Result<Tensor> {
     let (rows, labels) = members.dims2()?;
     let probs = candle_nn::ops::softmax(&members.reshape((k, rows / k, labels))?, 2)?;
     probs.mean(0)?.log()
