@@ -16,19 +16,41 @@ use inference_server::sidecar::tasks::{
 use inference_server::training::{ensemble, evaluate};
 use sidecar_common::*;
 
-/// A random-weight CLS-pooled `domain`-like task reading the shared
-/// embedding (the shipped domain layout), written to `dir/custom`.
-fn member(dir: &Path, split_seed: u64) -> std::path::PathBuf {
+/// A member's layout: re-run layers, pooling, LoRA targets.
+type Layout = (usize, Pooling, &'static [&'static str]);
+
+/// The shipped domain layout: one CLS-pooled layer, LoRA on query and value.
+const ONE_CLS_LAYER: Layout = (
+    1,
+    Pooling::Cls,
+    &["attention.self.query", "attention.self.value"],
+);
+/// Two mean-pooled layers with a key adapter: the first layer's shared
+/// frozen projections get a different key delta per member, and the second
+/// layer runs on rows that already differ.
+const TWO_MEAN_LAYERS: Layout = (
+    2,
+    Pooling::Mean,
+    &["attention.self.key", "attention.self.value", "output.dense"],
+);
+
+/// A random-weight task reading the shared embedding, written to
+/// `dir/custom`.
+fn member(
+    dir: &Path,
+    split_seed: u64,
+    (top_layers, pooling, targets): Layout,
+) -> std::path::PathBuf {
     let spec = TaskSpec {
         name: "custom".into(),
         kind: TaskKind::Sequence,
         labels: vec!["a".into(), "b".into(), "c".into()],
-        pooling: Pooling::Cls,
-        top_layers: 1,
+        pooling,
+        top_layers,
         lora: Some(LoraSpec {
             rank: 4,
             alpha: 8.0,
-            targets: vec!["attention.self.query".into(), "attention.self.value".into()],
+            targets: targets.iter().map(|t| t.to_string()).collect(),
         }),
         head: HeadSpec {
             with_embedding: true,
@@ -47,10 +69,17 @@ fn softmax_rows(logits: &[Vec<f32>]) -> Vec<Vec<f32>> {
 
 #[test]
 fn ensemble_averages_its_members_probabilities() {
+    for layout in [ONE_CLS_LAYER, TWO_MEAN_LAYERS] {
+        averages_members(layout);
+    }
+    refuses_another_split();
+}
+
+fn averages_members(layout: Layout) {
     let tmp = tempfile::tempdir().unwrap();
     let dirs = [
-        member(&tmp.path().join("m0"), 42),
-        member(&tmp.path().join("m1"), 42),
+        member(&tmp.path().join("m0"), 42, layout),
+        member(&tmp.path().join("m1"), 42, layout),
     ];
     let members: Vec<_> = dirs
         .iter()
@@ -82,10 +111,14 @@ fn ensemble_averages_its_members_probabilities() {
     // Two random members answer differently, so the check above is not
     // satisfied by one member's answer alone.
     assert!(members_differ > 1e-3, "members agree to {members_differ}");
+}
 
+fn refuses_another_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = [member(&tmp.path().join("m0"), 42, ONE_CLS_LAYER)];
     // A member of another split could have trained on the other's
     // validation examples: refused, naming the field.
-    let other = ensemble::read_member(&member(&tmp.path().join("m2"), 7)).unwrap();
+    let other = ensemble::read_member(&member(&tmp.path().join("m2"), 7, ONE_CLS_LAYER)).unwrap();
     let first = ensemble::read_member(&dirs[0]).unwrap();
     let e = ensemble::merge(&[first, other]).err().unwrap().to_string();
     assert!(e.contains("metadata.split"), "{e}");

@@ -17,7 +17,7 @@ use super::{
     Backend, BackendError, BackendInfo, Batch, HeadOutput, SequenceOutput, TaskFiles, TaskId,
 };
 use crate::sidecar::model::bert::{
-    cls_pool, l2_normalize, mean_pool, BertConfig, BertModel, LayerAdapter, Mode,
+    cls_pool, l2_normalize, mean_pool, repeat_rows, BertConfig, BertModel, LayerAdapter, Mode,
 };
 use crate::sidecar::tasks::{member_prefix, Activation, Pooling, TaskKind, TaskSpec, ADAPTER_FILE};
 
@@ -422,7 +422,7 @@ impl CandleBackend {
             } else {
                 // An ensemble runs its members as one batch of repeated rows.
                 let k = branch.members;
-                let h = self.branch_layers(branch, repeat_rows(&h, k)?, &repeat_rows(&b, k)?)?;
+                let h = self.branch_layers(branch, h, &repeat_rows(&b, k)?)?;
                 let pooled = match branch.pooling {
                     Pooling::Mean => mean_pool(&h, &repeat_rows(&m, k)?)?,
                     Pooling::Cls => cls_pool(&h)?,
@@ -441,7 +441,9 @@ impl CandleBackend {
     }
 
     /// Runs `branch`'s re-run layers (with its adapters) over `h`, the
-    /// hidden state entering its first layer.
+    /// hidden state entering its first layer, once per stacked member:
+    /// `bias` covers `branch.members` copies of `h`'s rows, and the first
+    /// layer's frozen projections run once for all copies.
     fn branch_layers(
         &self,
         branch: &TaskBranch,
@@ -452,28 +454,19 @@ impl CandleBackend {
         let cls_only = !branch.kind.per_token() && branch.pooling == Pooling::Cls;
         let last = branch.adapters.len().saturating_sub(1);
         for (k, adapter) in branch.adapters.iter().enumerate() {
-            let index = branch.first_layer + k;
-            h = if cls_only && k == last {
-                self.model
-                    .layer_cls(index, &h, bias, Some(adapter), self.mode)?
-            } else {
-                self.model
-                    .layer(index, &h, bias, Some(adapter), self.mode)?
-            };
+            let copies = if k == 0 { branch.members } else { 1 };
+            h = self.model.layer_copies(
+                branch.first_layer + k,
+                &h,
+                copies,
+                cls_only && k == last,
+                bias,
+                Some(adapter),
+                self.mode,
+            )?;
         }
         Ok(h)
     }
-}
-
-/// `t` with its rows (first axis) repeated `k` times, copy after copy: the
-/// input of a branch stacking `k` members. `k` = 1 returns `t`.
-fn repeat_rows(t: &Tensor, k: usize) -> candle_core::Result<Tensor> {
-    if k == 1 {
-        return Ok(t.clone());
-    }
-    let mut times = vec![1; t.rank()];
-    times[0] = k;
-    t.repeat(times)
 }
 
 /// An ensemble's logits `[b, labels]` from its `k` members' `[k·b, labels]`

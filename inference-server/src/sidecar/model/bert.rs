@@ -152,6 +152,17 @@ impl Lora {
     }
 }
 
+/// `t` with its rows (first axis) repeated `k` times, copy after copy: the
+/// input of a branch stacking `k` members. `k` = 1 returns `t`.
+pub fn repeat_rows(t: &Tensor, k: usize) -> Result<Tensor> {
+    if k == 1 {
+        return Ok(t.clone());
+    }
+    let mut times = vec![1; t.rank()];
+    times[0] = k;
+    t.repeat(times)
+}
+
 /// `tensors` stacked on a new first axis (one entry per ensemble member).
 fn stack_members(tensors: Vec<&Tensor>) -> Result<Tensor> {
     Tensor::stack(&tensors, 0)
@@ -320,12 +331,7 @@ impl BertLayer {
         adapter: Option<&LayerAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let h = x.dim(2)?;
-        let qkv = self.qkv.forward(x)?;
-        let q = qkv.narrow(D::Minus1, 0, h)?;
-        let k = qkv.narrow(D::Minus1, h, h)?;
-        let v = qkv.narrow(D::Minus1, 2 * h, h)?;
-        self.finish(x, x, q, k, v, mask_bias, adapter, mode)
+        self.forward_copies(x, 1, false, mask_bias, adapter, mode)
     }
 
     /// The layer's output for the first (`[CLS]`) position only:
@@ -340,13 +346,47 @@ impl BertLayer {
         adapter: Option<&LayerAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
+        self.forward_copies(x, 1, true, mask_bias, adapter, mode)
+    }
+
+    /// The layer over `copies` copies of `x`'s rows, copy after copy (copy j
+    /// for member j of a stacked adapter, [`LayerAdapter::stack`]):
+    /// `[b, s, h]` → `[copies·b, s or 1, h]`. The frozen query, key and
+    /// value projections are the same for every copy, so they run once and
+    /// are repeated; only the adapters' deltas and what follows attention
+    /// differ per copy. `mask_bias` covers the copies (`[copies·b, 1, 1, s]`).
+    pub fn forward_copies(
+        &self,
+        x: &Tensor,
+        copies: usize,
+        cls_only: bool,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let h = x.dim(2)?;
-        let x_cls = x.narrow(1, 0, 1)?.contiguous()?;
-        let q = self.q.forward(&x_cls)?;
-        let kv = self.kv.forward(x)?;
+        let (xq, q, kv) = if cls_only {
+            let x_cls = x.narrow(1, 0, 1)?.contiguous()?;
+            let q = self.q.forward(&x_cls)?;
+            (x_cls, q, self.kv.forward(x)?)
+        } else {
+            let qkv = self.qkv.forward(x)?;
+            let q = qkv.narrow(D::Minus1, 0, h)?;
+            (x.clone(), q, qkv.narrow(D::Minus1, h, 2 * h)?)
+        };
+        let kv = repeat_rows(&kv, copies)?;
         let k = kv.narrow(D::Minus1, 0, h)?;
         let v = kv.narrow(D::Minus1, h, h)?;
-        self.finish(&x_cls, x, q, k, v, mask_bias, adapter, mode)
+        self.finish(
+            &repeat_rows(&xq, copies)?,
+            &repeat_rows(x, copies)?,
+            repeat_rows(&q, copies)?,
+            k,
+            v,
+            mask_bias,
+            adapter,
+            mode,
+        )
     }
 
     /// Attention and feed-forward given projections. `xq`: the rows queries
@@ -519,6 +559,25 @@ impl BertModel {
     ) -> Result<Tensor> {
         match self.layers.get(index) {
             Some(l) => l.forward_cls(x, mask_bias, adapter, mode),
+            None => candle_core::bail!("layer {index} out of range"),
+        }
+    }
+
+    /// Runs layer `index` over `copies` copies of `x`'s rows, the frozen
+    /// projections once (see [`BertLayer::forward_copies`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_copies(
+        &self,
+        index: usize,
+        x: &Tensor,
+        copies: usize,
+        cls_only: bool,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        match self.layers.get(index) {
+            Some(l) => l.forward_copies(x, copies, cls_only, mask_bias, adapter, mode),
             None => candle_core::bail!("layer {index} out of range"),
         }
     }
