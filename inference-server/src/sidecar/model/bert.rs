@@ -541,10 +541,7 @@ impl BertModel {
         adapter: Option<&LayerAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
-        match self.layers.get(index) {
-            Some(l) => l.forward(x, mask_bias, adapter, mode),
-            None => candle_core::bail!("layer {index} out of range"),
-        }
+        self.layer_copies(index, x, 1, false, mask_bias, adapter, mode)
     }
 
     /// Runs layer `index` for the `[CLS]` position only (see
@@ -557,10 +554,7 @@ impl BertModel {
         adapter: Option<&LayerAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
-        match self.layers.get(index) {
-            Some(l) => l.forward_cls(x, mask_bias, adapter, mode),
-            None => candle_core::bail!("layer {index} out of range"),
-        }
+        self.layer_copies(index, x, 1, true, mask_bias, adapter, mode)
     }
 
     /// Runs layer `index` over `copies` copies of `x`'s rows, the frozen
