@@ -111,6 +111,20 @@ fn averages_members(layout: Layout) {
     // Two random members answer differently, so the check above is not
     // satisfied by one member's answer alone.
     assert!(members_differ > 1e-3, "members agree to {members_differ}");
+
+    // Stored as f16 (`vsr ensemble --f16`), loaded as f32: within f16's
+    // rounding of the same probabilities.
+    let half: std::collections::HashMap<_, _> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.to_dtype(candle_core::DType::F16).unwrap()))
+        .collect();
+    let out_half = tmp.path().join("ens-f16/custom");
+    write_task(&out_half, &spec, &half).unwrap();
+    for (e, h) in e.iter().zip(&probs(&out_half)) {
+        for (pe, ph) in e.iter().zip(h) {
+            assert!((pe - ph).abs() < 1e-2, "f16 {ph} vs f32 {pe}");
+        }
+    }
 }
 
 fn refuses_another_split() {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use candle_core::DType;
 
 use crate::sidecar::loader::resolve_base;
 use crate::sidecar::tasks::write_task;
@@ -27,6 +28,11 @@ pub struct EnsembleArgs {
     /// Member task directories written by `vsr train` (two or more).
     #[arg(required = true, num_args = 2..)]
     pub members: Vec<PathBuf>,
+    /// Store the joined weights as f16 (half the file; the sidecar loads
+    /// them as f32): for ensembles whose members add up to megabytes. The
+    /// card's metrics are measured on what is stored.
+    #[arg(long)]
+    pub f16: bool,
     /// Base encoder: a local directory or a Hugging Face hub id.
     #[arg(long, env = "VSR_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
     pub base_model: String,
@@ -59,7 +65,12 @@ pub fn run(args: EnsembleArgs) -> anyhow::Result<ExitCode> {
             args.task
         );
     }
-    let (spec, tensors) = ensemble::merge(&members)?;
+    let (spec, mut tensors) = ensemble::merge(&members)?;
+    if args.f16 {
+        for t in tensors.values_mut() {
+            *t = t.to_dtype(DType::F16)?;
+        }
+    }
     let (base_dir, _) = resolve_base(&args.base_model)?;
     let dataset = data::load(&args.task, &args.data)?;
     let validation = data::recorded_validation(&spec, &dataset)
