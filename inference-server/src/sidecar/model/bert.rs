@@ -263,7 +263,8 @@ pub struct BertLayer {
     /// Query, key and value fused into one `[3h, h]` projection.
     qkv: Linear,
     /// The query part alone and the key+value part alone (for
-    /// [`BertLayer::forward_cls`], which needs queries for one position).
+    /// [`BertLayer::forward_copies`] with `cls_only`, which needs queries
+    /// for one position).
     q: Linear,
     kv: Linear,
     attention_output: Linear,
@@ -334,27 +335,18 @@ impl BertLayer {
         self.forward_copies(x, 1, false, mask_bias, adapter, mode)
     }
 
-    /// The layer's output for the first (`[CLS]`) position only:
-    /// `[b, s, h]` → `[b, 1, h]`. Keys and values still cover every token,
-    /// so the `[CLS]` row equals that of [`BertLayer::forward`]; queries,
-    /// attention output and the feed-forward block run for one row, which
-    /// makes a CLS-pooled top layer about six times cheaper.
-    pub fn forward_cls(
-        &self,
-        x: &Tensor,
-        mask_bias: &Tensor,
-        adapter: Option<&LayerAdapter>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        self.forward_copies(x, 1, true, mask_bias, adapter, mode)
-    }
-
     /// The layer over `copies` copies of `x`'s rows, copy after copy (copy j
     /// for member j of a stacked adapter, [`LayerAdapter::stack`]):
     /// `[b, s, h]` → `[copies·b, s or 1, h]`. The frozen query, key and
     /// value projections are the same for every copy, so they run once and
     /// are repeated; only the adapters' deltas and what follows attention
     /// differ per copy. `mask_bias` covers the copies (`[copies·b, 1, 1, s]`).
+    ///
+    /// `cls_only`: the output for the first (`[CLS]`) position only. Keys
+    /// and values still cover every token, so the `[CLS]` row equals the
+    /// full layer's; queries, attention output and the feed-forward block
+    /// run for one row, which makes a CLS-pooled top layer about six times
+    /// cheaper.
     pub fn forward_copies(
         &self,
         x: &Tensor,
@@ -545,7 +537,7 @@ impl BertModel {
     }
 
     /// Runs layer `index` for the `[CLS]` position only (see
-    /// [`BertLayer::forward_cls`]): `[b, s, h]` → `[b, 1, h]`.
+    /// [`BertLayer::forward_copies`]): `[b, s, h]` → `[b, 1, h]`.
     pub fn layer_cls(
         &self,
         index: usize,
