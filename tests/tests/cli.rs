@@ -315,7 +315,8 @@ fn eval_labelled_scores_the_domain_probe_and_names_bad_lines() {
 /// trains exactly the same weights (the run is deterministic, its dropout
 /// masks included, and the cache holds what the first run computed);
 /// `--head-embedding` reaches `task.json` and `--head-dropout` the card;
-/// `--train-seed` retrains on the same split.
+/// `--train-seed` retrains on the same split; `--pooling mean` reaches
+/// `task.json` and the card.
 #[test]
 fn train_reuses_cached_features_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
@@ -400,10 +401,24 @@ fn train_reuses_cached_features_and_is_deterministic() {
     let card = String::from_utf8(read(&third, "model-card.md")).unwrap();
     assert!(card.contains("training seed 7"), "{card}");
 
+    // Mean pooling: same cached features (the pooling comes after the
+    // frozen layers), other weights, written to `task.json` and the card.
+    let mean = [&options[..], &["--pooling", "mean"]].concat();
+    let (ok, fourth, log) = train("fourth", &mean);
+    assert!(ok && log.contains("frozen features from"), "{log}");
+    let spec4: serde_json::Value = serde_json::from_slice(&read(&fourth, "task.json")).unwrap();
+    assert_eq!(spec4["pooling"], "mean", "{spec4}");
+    assert_eq!(spec["pooling"], "cls", "{spec}");
+    let card = String::from_utf8(read(&fourth, "model-card.md")).unwrap();
+    assert!(card.contains("mean pooling"), "{card}");
+
     let (ok, _, err) = train("bad", &["--head-dropout", "1"]);
     assert!(!ok);
     assert!(
         err.contains("--head-dropout must be in [0, 1), got 1"),
         "{err}"
     );
+    let (ok, _, err) = train("bad", &["--pooling", "max"]);
+    assert!(!ok);
+    assert!(err.contains("expected `cls` or `mean`, got `max`"), "{err}");
 }

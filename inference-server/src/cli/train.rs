@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use crate::sidecar::loader::resolve_base;
+use crate::sidecar::tasks::Pooling;
 use crate::sidecar::DEFAULT_BASE_MODEL;
 use crate::training::{card, data, evaluate, trainer};
 
@@ -79,6 +80,11 @@ pub struct TrainArgs {
     /// fitting its training set (the shipped `domain` head uses 0.3).
     #[arg(long, default_value_t = 0.0)]
     pub head_dropout: f64,
+    /// Sequence tasks: what the head reads from the last trained layer,
+    /// `cls` (the [CLS] row) or `mean` (the mean over real tokens, the
+    /// pooling the base sentence encoder was trained with).
+    #[arg(long, default_value = "cls", value_parser = parse_pooling)]
+    pub pooling: Pooling,
     /// Sequence tasks: keep the frozen layers' features in this directory
     /// and reuse them when a later run has the same data, base, token limit
     /// and branch point (skips most of the training time). The key does not
@@ -128,6 +134,7 @@ impl TrainArgs {
             head_hidden: self.head_hidden.clone(),
             head_embedding: self.head_embedding,
             head_dropout: self.head_dropout,
+            pooling: self.pooling,
             feature_cache: self.feature_cache.clone(),
             extra_weight: self.extra_weight,
         }
@@ -140,6 +147,15 @@ impl TrainArgs {
             truthfulqa_extra: self.truthfulqa_extra,
             wnut_extra: self.wnut_extra,
         }
+    }
+}
+
+/// `--pooling`: `cls` or `mean`.
+fn parse_pooling(s: &str) -> Result<Pooling, String> {
+    match s {
+        "cls" => Ok(Pooling::Cls),
+        "mean" => Ok(Pooling::Mean),
+        other => Err(format!("expected `cls` or `mean`, got `{other}`")),
     }
 }
 
@@ -175,6 +191,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     if token_task && args.head_dropout > 0.0 {
         anyhow::bail!("--head-dropout is for sequence tasks");
+    }
+    if token_task && args.pooling != Pooling::Cls {
+        anyhow::bail!("--pooling is for sequence tasks (token tasks classify every token)");
     }
     if token_task {
         return crate::training::token::train_cli(&args);

@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use super::evaluate::Scored;
 use super::trainer::{TrainConfig, TrainOutcome};
+use crate::sidecar::tasks::Pooling;
 
 pub struct CardInputs<'a> {
     pub cfg: &'a TrainConfig,
@@ -85,7 +86,7 @@ pub fn render(c: &CardInputs) -> String {
     base_line(&mut s, c.base_model, c.base_sha256);
     let _ = writeln!(
         s,
-        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), CLS pooling, {}",
+        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), {} pooling, {}",
         cfg.lora_rank,
         cfg.lora_alpha,
         if cfg.lora_targets.len() == 2
@@ -101,6 +102,10 @@ pub fn render(c: &CardInputs) -> String {
                 .join(", ")
         },
         cfg.top_layers,
+        match cfg.pooling {
+            Pooling::Cls => "CLS",
+            Pooling::Mean => "mean",
+        },
         head_text(cfg)
     );
     hyper_line(

@@ -52,6 +52,8 @@ pub struct TrainConfig {
     /// Fraction of the head's input features dropped per training step
     /// (sequence tasks; 0 = off).
     pub head_dropout: f64,
+    /// What the head reads from the last trained layer (sequence tasks).
+    pub pooling: Pooling,
     /// Directory for frozen-layer features reused across runs (sequence tasks).
     #[serde(skip)]
     pub feature_cache: Option<std::path::PathBuf>,
@@ -113,7 +115,7 @@ pub fn sequence_spec(
         name: cfg.task.clone(),
         kind,
         labels: labels.to_vec(),
-        pooling: Pooling::Cls,
+        pooling: cfg.pooling,
         top_layers: cfg.top_layers,
         lora: (cfg.top_layers > 0 && cfg.lora_rank > 0).then(|| LoraSpec {
             rank: cfg.lora_rank,
