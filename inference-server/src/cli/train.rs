@@ -83,7 +83,7 @@ pub struct TrainArgs {
     /// Sequence tasks: what the head reads from the last trained layer,
     /// `cls` (the [CLS] row) or `mean` (the mean over real tokens, the
     /// pooling the base sentence encoder was trained with).
-    #[arg(long, default_value = "cls", value_parser = parse_pooling)]
+    #[arg(long, default_value = "cls")]
     pub pooling: Pooling,
     /// Sequence tasks: keep the frozen layers' features in this directory
     /// and reuse them when a later run has the same data, base, token limit
@@ -147,15 +147,6 @@ impl TrainArgs {
             truthfulqa_extra: self.truthfulqa_extra,
             wnut_extra: self.wnut_extra,
         }
-    }
-}
-
-/// `--pooling`: `cls` or `mean`.
-fn parse_pooling(s: &str) -> Result<Pooling, String> {
-    match s {
-        "cls" => Ok(Pooling::Cls),
-        "mean" => Ok(Pooling::Mean),
-        other => Err(format!("expected `cls` or `mean`, got `{other}`")),
     }
 }
 

@@ -95,6 +95,17 @@ pub enum Pooling {
     Cls,
 }
 
+/// Parses the names `task.json` uses (serde's), so `vsr train --pooling`
+/// and the file cannot spell them differently.
+impl std::str::FromStr for Pooling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| format!("expected `cls` or `mean`, got `{s}`"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoraSpec {
