@@ -421,4 +421,90 @@ fn train_reuses_cached_features_and_is_deterministic() {
     let (ok, _, err) = train("bad", &["--pooling", "max"]);
     assert!(!ok);
     assert!(err.contains("expected `cls` or `mean`, got `max`"), "{err}");
+    let (ok, _, err) = train("bad", &["--swap-contradictions"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--swap-contradictions is for the `nli` task"),
+        "{err}"
+    );
+}
+
+/// `vsr train --task nli --swap-contradictions` on SNLI-shaped files written
+/// here: the training side's contradictions are trained on reversed as
+/// well, the validation split is the plain run's, and `task.json` and the
+/// card say so.
+#[test]
+fn train_nli_swaps_training_contradictions_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let snli = dir.path().join("nli/snli_devtest");
+    std::fs::create_dir_all(&snli).unwrap();
+    let (mut s1, mut s2, mut labels) = (String::new(), String::new(), String::new());
+    let hypotheses = [
+        ("A person is outside .", "entailment"),
+        ("The person is on holiday .", "neutral"),
+        ("Nobody is outside .", "contradiction"),
+    ];
+    for p in 0..40 {
+        for (h, l) in hypotheses {
+            s1 += &format!("A person number {p} walks in the park .\n");
+            s2 += &format!("{h}\n");
+            labels += &format!("{l}\n");
+        }
+    }
+    for split in ["dev", "test"] {
+        let premises = s1.replace("park", &format!("{split} park"));
+        write(&snli, &format!("s1.{split}"), &premises);
+        write(&snli, &format!("s2.{split}"), &s2);
+        write(&snli, &format!("labels.{split}"), &labels);
+    }
+    let base = paths::root().join("models/base/all-MiniLM-L6-v2");
+    let train = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "train",
+            "--task",
+            "nli",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--max-tokens",
+            "32",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = vsr(&args, &[("VSR_BASE_MODEL", base.to_str().unwrap())]);
+        assert!(ok, "{err}");
+        let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+        let spec: serde_json::Value = serde_json::from_str(&read("task.json")).unwrap();
+        (spec, read("model-card.md"))
+    };
+    let (plain, plain_card) = train("plain", &[]);
+    let (swapped, card) = train("swapped", &["--swap-contradictions"]);
+    assert!(plain["metadata"]["augmentation"].is_null(), "{plain}");
+    assert_eq!(swapped["metadata"]["augmentation"], "swap_contradictions");
+    // 240 pairs, 10% of the 80 premises held out: the training side's
+    // contradictions (one per training premise) come back reversed.
+    let split_line = |c: &str| {
+        c.lines()
+            .find(|l| l.starts_with("* examples used:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(split_line(&card), split_line(&plain_card), "{card}");
+    let train_pairs: usize = split_line(&card)
+        .split(": ")
+        .nth(2)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let reversed = train_pairs / 3;
+    assert!(
+        card.contains(&format!(
+            "* plus {reversed} training-only pairs: the training side's contradictions reversed"
+        )),
+        "{card}"
+    );
+    assert!(!plain_card.contains("reversed"), "{plain_card}");
 }
