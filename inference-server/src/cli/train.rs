@@ -107,10 +107,6 @@ pub struct TrainArgs {
     /// (`--wnut-extra`) against 1 for the validated sources.
     #[arg(long, default_value_t = 1.0)]
     pub extra_weight: f64,
-    /// `nli` only: also train on every training-side contradiction pair
-    /// reversed (hypothesis as premise); validation pairs are never used.
-    #[arg(long)]
-    pub swap_contradictions: bool,
     /// Base encoder: a local directory or a Hugging Face hub id.
     #[arg(long, env = "VSR_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
     pub base_model: String,
@@ -141,7 +137,6 @@ impl TrainArgs {
             pooling: self.pooling,
             feature_cache: self.feature_cache.clone(),
             extra_weight: self.extra_weight,
-            swap_contradictions: self.swap_contradictions,
         }
     }
 
@@ -191,9 +186,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if token_task && args.pooling != Pooling::Cls {
         anyhow::bail!("--pooling is for sequence tasks (token tasks classify every token)");
     }
-    if args.swap_contradictions && args.task != "nli" {
-        anyhow::bail!("--swap-contradictions is for the `nli` task");
-    }
     if token_task {
         return crate::training::token::train_cli(&args);
     }
@@ -211,7 +203,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         "dataset": dataset.source.file_name().map(|f| f.to_string_lossy().into_owned()),
         "split": {"seed": cfg.seed, "val_fraction": cfg.val_fraction, "max_examples": cfg.max_examples},
         "extra_training_data": extra_data_name(&args),
-        "augmentation": args.swap_contradictions.then_some("swap_contradictions"),
         "base_model": base_id,
         "base_model_sha256": base_sha,
     });

@@ -54,8 +54,7 @@ pub fn render(c: &CardInputs) -> String {
             .join(", ")
     );
     let _ = writeln!(s, "* labels: {}", c.label_note);
-    let trained = o.train_examples - c.extra_examples - o.augmented;
-    let used = trained + o.val_indices.len();
+    let used = o.train_examples - c.extra_examples + o.val_indices.len();
     let subset = match cfg.max_examples {
         Some(m) if m < c.total_examples => format!(
             " — a seeded subset (`--max-examples {m}`) of the {} examples in the file",
@@ -72,19 +71,10 @@ pub fn render(c: &CardInputs) -> String {
             "stratified by label"
         },
         cfg.seed,
-        trained,
+        o.train_examples - c.extra_examples,
         o.val_indices.len(),
         cfg.val_fraction * 100.0
     );
-    if o.augmented > 0 {
-        let _ = writeln!(
-            s,
-            "* plus {} training-only pairs: the training side's contradictions reversed \
-             (hypothesis as premise, `--swap-contradictions`; SNLI's contradictions hold both \
-             ways), never in validation",
-            o.augmented
-        );
-    }
     if c.extra_examples > 0 {
         let _ = writeln!(
             s,

@@ -1040,44 +1040,6 @@ pub fn detokenize(tokenized: &str) -> String {
     out
 }
 
-/// `nli` training-side augmentation (`--swap-contradictions`): `data` plus
-/// every contradiction pair among `rows` reversed (the hypothesis as
-/// premise). SNLI's annotators judged both sentences as one scene, so a
-/// contradiction holds both ways; entailment and neutral do not reverse.
-/// Only `rows` (the training side) are read, so no validation text is
-/// trained on. Reversed pairs already present are skipped; the new ones get
-/// their own origin and are appended after every existing example.
-pub fn with_swapped_contradictions(data: &Dataset, rows: &[usize]) -> anyhow::Result<Dataset> {
-    let Some(contradiction) = data.labels.iter().position(|l| l == "contradiction") else {
-        bail!("--swap-contradictions needs a `contradiction` label (the `nli` task)");
-    };
-    let mut seen: std::collections::HashSet<(String, String)> = data
-        .examples
-        .iter()
-        .filter_map(|e| Some((normalize(&e.text), normalize(e.second.as_deref()?))))
-        .collect();
-    let mut out = data.clone();
-    let origin = out.origins.len();
-    out.origins
-        .push("reversed contradictions (training only)".into());
-    for &i in rows {
-        let e = &data.examples[i];
-        let Some(h) = e.second.as_deref() else {
-            bail!("--swap-contradictions is for pair tasks (example {i} has one text)");
-        };
-        if e.label != contradiction || !seen.insert((normalize(h), normalize(&e.text))) {
-            continue;
-        }
-        out.examples.push(Example {
-            text: h.to_string(),
-            second: Some(e.text.clone()),
-            label: contradiction,
-            origin,
-        });
-    }
-    Ok(out)
-}
-
 /// Files of the `nli` task: SNLI dev and test as distributed with e-SNLI.
 const NLI_SPLITS: [&str; 2] = ["dev", "test"];
 
@@ -1649,43 +1611,6 @@ mod tests {
 
         let all: Vec<usize> = (0..ds.examples.len()).collect();
         let (train, val) = split_examples(&ds, &all, 0.2, 42);
-        // Reversal reads the training rows only and keeps the label.
-        let swapped = with_swapped_contradictions(&ds, &train).unwrap();
-        let added = &swapped.examples[ds.examples.len()..];
-        let train_contradictions = train
-            .iter()
-            .filter(|&&i| ds.labels[ds.examples[i].label] == "contradiction")
-            .count();
-        assert_eq!(added.len(), train_contradictions);
-        assert!(!added.is_empty());
-        for e in added {
-            assert_eq!(swapped.labels[e.label], "contradiction");
-            assert_eq!(e.origin, 2);
-            let original = train
-                .iter()
-                .map(|&i| &ds.examples[i])
-                .find(|o| o.second.as_deref() == Some(e.text.as_str()))
-                .unwrap();
-            assert_eq!(e.second.as_deref(), Some(original.text.as_str()));
-        }
-        assert_eq!(swapped.origins.len(), 3);
-        // A pair whose reverse is already there is not added twice.
-        let twice =
-            with_swapped_contradictions(&swapped, &(0..swapped.examples.len()).collect::<Vec<_>>())
-                .unwrap();
-        assert_eq!(
-            twice.examples.len(),
-            swapped.examples.len()
-                + val
-                    .iter()
-                    .filter(|&&i| ds.labels[ds.examples[i].label] == "contradiction")
-                    .count()
-        );
-        // Single-text tasks are refused.
-        let mut single = ds.clone();
-        single.examples[0].second = None;
-        assert!(with_swapped_contradictions(&single, &[0]).is_err());
-
         assert_eq!(train.len() + val.len(), all.len());
         let share = val.len() as f64 / all.len() as f64;
         assert!((0.17..=0.23).contains(&share), "validation share {share}");

@@ -60,8 +60,6 @@ pub struct TrainConfig {
     /// Token tasks: loss weight of the training-only extra examples
     /// (`--wnut-extra`); the validated sources weigh 1.
     pub extra_weight: f64,
-    /// `nli`: also train on the training side's contradictions reversed.
-    pub swap_contradictions: bool,
 }
 
 /// What a run produced.
@@ -70,10 +68,7 @@ pub struct TrainOutcome {
     pub tensors: HashMap<String, Tensor>,
     pub best_epoch: usize,
     pub epochs_run: usize,
-    /// Training rows, extra and augmented ones included.
     pub train_examples: usize,
-    /// Training rows added by augmentation (`--swap-contradictions`).
-    pub augmented: usize,
     pub val_indices: Vec<usize>,
     pub history: Vec<(usize, f64, f64, f64)>,
     pub cache_secs: f64,
@@ -643,17 +638,7 @@ pub fn train(
     let used = super::data::subsample(data.validated, cfg.max_examples, cfg.seed);
     let (mut train_idx, val_idx) =
         super::data::split_examples(data, &used, cfg.val_fraction, cfg.seed);
-    // Augmented pairs come from the training side only, after the split.
-    let swapped;
-    let before = data.examples.len();
-    let data = if cfg.swap_contradictions {
-        swapped = super::data::with_swapped_contradictions(data, &train_idx)?;
-        &swapped
-    } else {
-        data
-    };
-    let augmented = data.examples.len() - before;
-    // Extra and augmented data are only trained on.
+    // Extra data is only trained on.
     let extra = data.examples.len() - data.validated;
     train_idx.extend(data.validated..data.examples.len());
     let used: Vec<usize> = used
@@ -726,7 +711,6 @@ pub fn train(
         best_epoch: train_loop.best_epoch,
         epochs_run: train_loop.epochs_run,
         train_examples: train_idx.len(),
-        augmented,
         val_indices: val_idx,
         history: train_loop.history,
         cache_secs,
