@@ -103,11 +103,6 @@ pub struct TrainArgs {
     /// only; its test file is left for `vsr eval --all`).
     #[arg(long)]
     pub wnut_extra: bool,
-    /// `pii` only: this many more generated sentences per presidio template
-    /// (another seed), training only; those of validation templates are
-    /// left out.
-    #[arg(long, default_value_t = 0)]
-    pub synth_extra: usize,
     /// Token tasks: loss weight of the training-only extra data
     /// (`--wnut-extra`) against 1 for the validated sources.
     #[arg(long, default_value_t = 1.0)]
@@ -151,19 +146,17 @@ impl TrainArgs {
             mmlu_extra: self.mmlu_extra,
             truthfulqa_extra: self.truthfulqa_extra,
             wnut_extra: self.wnut_extra,
-            synth_extra: self.synth_extra,
         }
     }
 }
 
 /// The training-only data sets a run adds (`task.json` metadata): `mmlu`,
-/// `truthfulqa`, `wnut17`, `pii_synth`, joined by `+`, or none.
+/// `truthfulqa`, `wnut17`, joined by `+`, or none.
 pub fn extra_data_name(args: &TrainArgs) -> Option<String> {
     let names: Vec<&str> = [
         args.mmlu_extra.then_some("mmlu"),
         args.truthfulqa_extra.then_some("truthfulqa"),
         args.wnut_extra.then_some("wnut17"),
-        (args.synth_extra > 0).then_some("pii_synth"),
     ]
     .into_iter()
     .flatten()

@@ -73,10 +73,6 @@ pub struct LoadOptions {
     /// `pii`: also train on WNUT-17's training and dev tweets
     /// (`pii/wnut17/`; its test file stays unseen for `vsr eval`).
     pub wnut_extra: bool,
-    /// `pii`: this many more sentences per presidio template (another
-    /// seed) as training-only data; those of validation templates are
-    /// dropped at the split.
-    pub synth_extra: usize,
 }
 
 impl LoadOptions {
@@ -87,9 +83,6 @@ impl LoadOptions {
         }
         if self.wnut_extra && task != "pii" {
             bail!("WNUT-17 extra data is for the `pii` task only");
-        }
-        if self.synth_extra > 0 && task != "pii" {
-            bail!("--synth-extra (generated template sentences) is for the `pii` task only");
         }
         Ok(())
     }

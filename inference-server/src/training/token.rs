@@ -25,7 +25,7 @@
 //! (`hallucinated`): token-level P/R/F1 (the target metric) and spans of
 //! consecutive positive tokens (strict / overlap).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
@@ -696,10 +696,7 @@ fn check_extra_weight(w: f64, data: &TokenDataset) -> anyhow::Result<()> {
         bail!("--extra-weight must be a finite number ≥ 0, got {w}");
     }
     if w != 1.0 && data.validated == data.examples.len() {
-        bail!(
-            "--extra-weight weighs training-only data, and this run has none (add --wnut-extra \
-             or --synth-extra)"
-        );
+        bail!("--extra-weight weighs training-only data, and this run has none (add --wnut-extra)");
     }
     Ok(())
 }
@@ -1154,7 +1151,7 @@ pub fn render_card(c: &TokenCard) -> String {
             Some(m) => format!(", from a seeded subset of {m} texts"),
             None => String::new(),
         },
-        match o.train_indices.iter().filter(|&&i| i >= c.data.validated).count() {
+        match c.data.examples.len() - c.data.validated {
             0 => String::new(),
             n => format!("; the train side includes {n} training-only texts"),
         }
@@ -1447,9 +1444,7 @@ pub fn train_cli(args: &crate::cli::train::TrainArgs) -> anyhow::Result<ExitCode
 pub const TARGET_TOKEN_F1: f64 = 0.6;
 
 /// The seeded subset and group split (the same for train and eval);
-/// training-only examples (past [`TokenDataset::validated`]) join train,
-/// except those of a validation group (more sentences of a validation
-/// template), which would leak it.
+/// training-only examples (past [`TokenDataset::validated`]) join train.
 pub fn split(
     data: &TokenDataset,
     max_examples: Option<usize>,
@@ -1459,14 +1454,13 @@ pub fn split(
     let used = super::data::subsample(data.validated, max_examples, seed);
     let subset: Vec<_> = used.iter().map(|&i| data.examples[i].clone()).collect();
     let (t, v) = token_data::group_split(&subset, val_fraction, seed);
-    let val: Vec<usize> = v.into_iter().map(|j| used[j]).collect();
-    let val_groups: HashSet<&str> = val
-        .iter()
-        .map(|&i| data.examples[i].group.as_str())
-        .collect();
-    let extra = (data.validated..data.examples.len())
-        .filter(|&i| !val_groups.contains(data.examples[i].group.as_str()));
-    (t.into_iter().map(|j| used[j]).chain(extra).collect(), val)
+    (
+        t.into_iter()
+            .map(|j| used[j])
+            .chain(data.validated..data.examples.len())
+            .collect(),
+        v.into_iter().map(|j| used[j]).collect(),
+    )
 }
 
 /// `vsr eval --task pii ...`.
@@ -1662,43 +1656,6 @@ fn print_errors(data: &TokenDataset, indices: &[usize], served: &[Vec<Entity>], 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Training-only sentences of a validation group (`--synth-extra`: more
-    /// sentences of a validation template) stay out of training; those of
-    /// training groups, and groups of their own (tweets), train.
-    #[test]
-    fn split_leaves_out_extras_of_validation_groups() {
-        let ex = |group: String| token_data::TokenExample {
-            first: None,
-            text: "x".into(),
-            gold: vec![],
-            group,
-            source: "t",
-        };
-        let mut examples: Vec<_> = (0..200).map(|i| ex(format!("g{}", i % 20))).collect();
-        examples.extend((0..40).map(|i| ex(format!("g{}", i % 20))));
-        examples.push(ex("tweet".into()));
-        let data = TokenDataset {
-            labels: token_data::bio_labels(&["PERSON"]),
-            examples,
-            sources: vec![],
-            note: String::new(),
-            validated: 200,
-        };
-        let (train, val) = split(&data, None, 0.1, 42);
-        let group = |i: &usize| data.examples[*i].group.as_str();
-        let val_groups: HashSet<&str> = val.iter().map(group).collect();
-        assert!(!val_groups.is_empty() && val.iter().all(|&i| i < 200));
-        let extras: Vec<usize> = train.iter().copied().filter(|&i| i >= 200).collect();
-        assert!(extras.iter().all(|i| !val_groups.contains(group(i))));
-        // Every extra of a training group is there, the lone tweet too.
-        let expected = (200..241)
-            .filter(|i| !val_groups.contains(group(i)))
-            .count();
-        assert_eq!(extras.len(), expected);
-        assert!(extras.contains(&240));
-        assert!(expected < 41);
-    }
 
     #[test]
     fn loss_weights_rows_and_labels() {

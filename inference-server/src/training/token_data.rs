@@ -36,8 +36,6 @@ pub const PII_MODEL_TYPES: [&str; 9] = [
 /// Sentences generated per presidio template (`pii_synth`), and their seed.
 pub const PII_SYNTH_PER_TEMPLATE: usize = 15;
 pub const PII_SYNTH_SEED: u64 = 42;
-/// Seed of the `--synth-extra` sentences (others than the validated ones).
-pub const PII_SYNTH_EXTRA_SEED: u64 = 43;
 
 /// Token tasks `vsr train` / `vsr eval` know (`hallucination` is a
 /// pair-token task: its data is in [`super::hallucination_data`]).
@@ -458,11 +456,8 @@ pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<T
         bail!("no token data loader for task `{task}` (supported: pii, hallucination)");
     }
     if data.is_file() {
-        if opts.wnut_extra || opts.synth_extra > 0 {
-            bail!(
-                "--wnut-extra and --synth-extra need the datasets root (or its `pii` folder), \
-                 not one file"
-            );
+        if opts.wnut_extra {
+            bail!("--wnut-extra needs the datasets root (or its `pii` folder), not one file");
         }
         let (examples, note) = if data.extension().is_some_and(|e| e == "json") {
             (
@@ -521,28 +516,6 @@ pub fn load_with(task: &str, data: &Path, opts: LoadOptions) -> anyhow::Result<T
             sources.push(path);
         }
         wnut = format!("; {n} WNUT-17 training and dev tweets added as training-only data");
-    }
-    if opts.synth_extra > 0 {
-        let Some((ex, dir)) =
-            super::pii_synth::load(&root, opts.synth_extra, PII_SYNTH_EXTRA_SEED)?
-        else {
-            bail!(
-                "--synth-extra: no presidio templates under {}",
-                root.display()
-            );
-        };
-        eprintln!(
-            "{}: {} more generated sentences (training only)",
-            dir.display(),
-            ex.len()
-        );
-        wnut.push_str(&format!(
-            "; {} more sentences per template (seed {PII_SYNTH_EXTRA_SEED}, `--synth-extra`, \
-             {} in all) as training-only data, those of validation templates dropped",
-            opts.synth_extra,
-            ex.len()
-        ));
-        examples.extend(ex);
     }
     Ok(TokenDataset {
         labels: bio_labels(&PII_MODEL_TYPES),
