@@ -412,6 +412,52 @@ fn train_reuses_cached_features_and_is_deterministic() {
     let card = String::from_utf8(read(&fourth, "model-card.md")).unwrap();
     assert!(card.contains("mean pooling"), "{card}");
 
+    // `vsr eval --predictions`: one JSON line per validation example with
+    // its served probabilities, whose argmax agrees with the report.
+    let preds = dir.path().join("predictions.jsonl");
+    let (ok, out, err) = vsr(
+        &[
+            "eval",
+            "--task",
+            "domain",
+            "--model",
+            first.to_str().unwrap(),
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--json",
+            "--predictions",
+            preds.to_str().unwrap(),
+        ],
+        &[("VSR_BASE_MODEL", base.to_str().unwrap())],
+    );
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let labels: Vec<String> = serde_json::from_value(spec["labels"].clone()).unwrap();
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&preds)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let report = &report["report"];
+    assert_eq!(
+        rows.len() as u64,
+        report["examples"].as_u64().unwrap(),
+        "{report}"
+    );
+    let mut right = 0;
+    for r in &rows {
+        let p: Vec<f64> = serde_json::from_value(r["probabilities"].clone()).unwrap();
+        assert_eq!(p.len(), labels.len(), "{r}");
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{r}");
+        let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+        right += usize::from(labels[best] == r["gold"].as_str().unwrap());
+    }
+    let accuracy = right as f64 / rows.len() as f64;
+    assert!(
+        (accuracy - report["accuracy"].as_f64().unwrap()).abs() < 1e-9,
+        "{accuracy} vs {report}"
+    );
+
     let (ok, _, err) = train("bad", &["--head-dropout", "1"]);
     assert!(!ok);
     assert!(

@@ -54,6 +54,11 @@ pub struct EvalArgs {
     /// WNUT-17: other types found there would count as false positives.
     #[arg(long, value_delimiter = ',')]
     pub types: Vec<String>,
+    /// Sequence and pair tasks: also write every scored example's class
+    /// probabilities, as served, to this file (JSON lines: `text`, `second`,
+    /// `gold`, `probabilities` in label order), for error analysis.
+    #[arg(long, conflicts_with_all = ["text", "labelled", "checked", "checking_sheet"])]
+    pub predictions: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -68,8 +73,12 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     if crate::training::token_data::is_token_task(&args.task) {
         anyhow::ensure!(
-            args.labelled.is_none() && args.checked.is_none() && args.checking_sheet.is_none(),
-            "--labelled, --checked and --checking-sheet are for sequence tasks, not `{}`",
+            args.labelled.is_none()
+                && args.checked.is_none()
+                && args.checking_sheet.is_none()
+                && args.predictions.is_none(),
+            "--labelled, --checked, --checking-sheet and --predictions do not apply to the \
+             token task `{}`",
             args.task
         );
         return crate::training::token::eval_cli(&args);
@@ -172,6 +181,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(path) = &args.predictions {
+        write_predictions(&task, &dataset, &indices, path)?;
+    }
     let scored = task.score(&dataset, &indices, 32)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&scored)?);
@@ -189,6 +201,30 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         println!("{}", scored.to_markdown());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One JSON line per example of `indices`: its texts, gold label and the
+/// served class probabilities.
+fn write_predictions(
+    task: &evaluate::LoadedTask,
+    dataset: &data::Dataset,
+    indices: &[usize],
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let probs = task.example_probs(dataset, indices, 32)?;
+    let mut out = String::new();
+    for (&i, p) in indices.iter().zip(probs) {
+        let e = &dataset.examples[i];
+        let row = serde_json::json!({
+            "text": e.text,
+            "second": e.second,
+            "gold": dataset.labels[e.label],
+            "probabilities": p,
+        });
+        out.push_str(&row.to_string());
+        out.push('\n');
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Scores `label<TAB>text` lines; an unknown label is an error naming the line.

@@ -179,14 +179,36 @@ impl LoadedTask {
             .collect())
     }
 
-    /// Predictions for examples `indices` of `data`: pairs through
-    /// [`Self::predict_pairs`], single texts through [`Self::predict`].
+    /// Predictions for examples `indices` of `data`: (label index,
+    /// probability) from [`Self::example_probs`].
     fn predict_examples(
         &self,
         data: &Dataset,
         indices: &[usize],
         batch_size: usize,
     ) -> anyhow::Result<Vec<(usize, f32)>> {
+        Ok(self
+            .example_probs(data, indices, batch_size)?
+            .into_iter()
+            .map(|p| {
+                p.iter()
+                    .copied()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap_or((0, 0.0))
+            })
+            .collect())
+    }
+
+    /// Class probabilities, as served, for examples `indices` of `data`:
+    /// pairs through [`Self::pair_probs`], single texts through the softmax
+    /// of [`Self::logits`].
+    pub fn example_probs(
+        &self,
+        data: &Dataset,
+        indices: &[usize],
+        batch_size: usize,
+    ) -> anyhow::Result<Vec<Vec<f32>>> {
         let is_pair = self.files.spec.kind == TaskKind::Pair;
         if let Some(&i) = indices
             .iter()
@@ -207,13 +229,17 @@ impl LoadedTask {
                     (e.text.as_str(), e.second.as_deref().unwrap_or_default())
                 })
                 .collect();
-            self.predict_pairs(&pairs, batch_size)
+            self.pair_probs(&pairs, batch_size)
         } else {
             let texts: Vec<&str> = indices
                 .iter()
                 .map(|&i| data.examples[i].text.as_str())
                 .collect();
-            self.predict(&texts, batch_size)
+            Ok(self
+                .logits(&texts, batch_size)?
+                .iter()
+                .map(|l| softmax(l))
+                .collect())
         }
     }
 
