@@ -440,53 +440,19 @@ fn cache_features(
     aligned: &HashMap<usize, Aligned>,
     first_layer: usize,
 ) -> anyhow::Result<HashMap<usize, Cached>> {
-    let dev = model.device().clone();
     let mut order: Vec<usize> = aligned.keys().copied().collect();
     order.sort_by_key(|i| (aligned[i].ids.len(), *i));
     let mut out = HashMap::with_capacity(order.len());
     let start = Instant::now();
     for (n, chunk) in order.chunks(64).enumerate() {
-        let max_len = chunk
+        let rows: Vec<(&[u32], &[u32])> = chunk
             .iter()
-            .map(|i| aligned[i].ids.len())
-            .max()
-            .unwrap_or(1);
-        let mut ids = Vec::with_capacity(chunk.len() * max_len);
-        let mut types = Vec::with_capacity(chunk.len() * max_len);
-        let mut mask = Vec::with_capacity(chunk.len() * max_len);
-        for i in chunk {
-            let e = &aligned[i].ids;
-            ids.extend_from_slice(e);
-            ids.extend(std::iter::repeat_n(0u32, max_len - e.len()));
-            types.extend_from_slice(&aligned[i].type_ids);
-            types.extend(std::iter::repeat_n(0u32, max_len - e.len()));
-            mask.extend(std::iter::repeat_n(1u32, e.len()));
-            mask.extend(std::iter::repeat_n(0u32, max_len - e.len()));
-        }
-        let b = chunk.len();
-        let ids = Tensor::from_vec(ids, (b, max_len), &dev)?;
-        let types = Tensor::from_vec(types, (b, max_len), &dev)?;
-        let mask = Tensor::from_vec(mask, (b, max_len), &dev)?;
-        let bias = BertModel::mask_bias(&mask)?;
-        let mut x = model.embed(&ids, &types, Mode::Inference)?;
-        for l in 0..first_layer {
-            x = model.layer(l, &x, &bias, None, Mode::Inference)?;
-        }
-        let h = x.dim(2)?;
+            .map(|i| (&aligned[i].ids[..], &aligned[i].type_ids[..]))
+            .collect();
+        let x = trainer::frozen_chunk(model, &rows, first_layer)?.x;
         for (row, i) in chunk.iter().enumerate() {
-            let len = aligned[i].ids.len();
-            // An exact-size copy (a view would keep the padded chunk alive).
-            let v = x
-                .get(row)?
-                .narrow(0, 0, len)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            out.insert(
-                *i,
-                Cached {
-                    hidden: Tensor::from_vec(v, (len, h), &dev)?,
-                },
-            );
+            let hidden = trainer::unpadded_row(&x, row, aligned[i].ids.len())?;
+            out.insert(*i, Cached { hidden });
         }
         if (n + 1) % 32 == 0 {
             eprintln!(
@@ -503,30 +469,11 @@ fn cache_features(
 /// Padded `[b, s, h]` features and the mask bias of `rows`.
 fn make_batch(
     cache: &HashMap<usize, Cached>,
-    aligned: &HashMap<usize, Aligned>,
     rows: &[usize],
     dev: &Device,
 ) -> anyhow::Result<(Tensor, Tensor)> {
-    let max_len = padded_len(aligned, rows);
-    let mut xs = Vec::with_capacity(rows.len());
-    let mut mask = Vec::with_capacity(rows.len() * max_len);
-    for i in rows {
-        let c = &cache[i].hidden;
-        let (len, h) = c.dims2()?;
-        xs.push(if len < max_len {
-            Tensor::cat(
-                &[c, &Tensor::zeros((max_len - len, h), DType::F32, dev)?],
-                0,
-            )?
-        } else {
-            c.clone()
-        });
-        mask.extend(std::iter::repeat_n(1u32, len));
-        mask.extend(std::iter::repeat_n(0u32, max_len - len));
-    }
-    let x = Tensor::stack(&xs, 0)?;
-    let mask = Tensor::from_vec(mask, (rows.len(), max_len), dev)?;
-    Ok((x, BertModel::mask_bias(&mask)?))
+    let p = trainer::pad_hidden(rows.iter().map(|i| &cache[i].hidden), dev)?;
+    Ok((p.x, p.bias))
 }
 
 fn padded_len(aligned: &HashMap<usize, Aligned>, rows: &[usize]) -> usize {
@@ -642,7 +589,7 @@ fn validate(
     let mut windows: BTreeMap<usize, Vec<Vec<Vec<f32>>>> = BTreeMap::new();
     let mut answer_offsets: HashMap<usize, Vec<Option<(usize, usize)>>> = HashMap::new();
     for chunk in sorted.chunks(64) {
-        let (x, bias) = make_batch(cache, aligned, chunk, dev)?;
+        let (x, bias) = make_batch(cache, chunk, dev)?;
         let logits = branch_logits(model, branch, &x, &bias, Mode::Inference)?;
         let (_, s, c) = logits.dims3()?;
         let all = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -827,7 +774,7 @@ pub fn train(
         &train_rows,
         |i| aligned[&i].ids.len(),
         |rows| {
-            let (x, bias) = make_batch(&cache, &aligned, rows, &dev)?;
+            let (x, bias) = make_batch(&cache, rows, &dev)?;
             let (pos, labels, weights) = plan.targets(&aligned, rows, &dev)?;
             let logits = branch_logits(&model, &branch, &x, &bias, Mode::Train)?;
             let (b, s, c) = logits.dims3()?;

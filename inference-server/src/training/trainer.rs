@@ -253,28 +253,12 @@ fn cache_features(pass: &FrozenPass) -> anyhow::Result<HashMap<usize, Cached>> {
     let start = Instant::now();
     let mut done = 0usize;
     for chunk in order.chunks(64) {
-        let max_len = chunk.iter().map(|&j| enc[j].1 .0.len()).max().unwrap_or(1);
-        let mut ids = Vec::with_capacity(chunk.len() * max_len);
-        let mut types = Vec::with_capacity(chunk.len() * max_len);
-        let mut mask = Vec::with_capacity(chunk.len() * max_len);
-        for &j in chunk {
-            let (e, t) = &enc[j].1;
-            ids.extend_from_slice(e);
-            ids.extend(std::iter::repeat_n(0u32, max_len - e.len()));
-            types.extend_from_slice(t);
-            types.extend(std::iter::repeat_n(0u32, max_len - t.len()));
-            mask.extend(std::iter::repeat_n(1u32, e.len()));
-            mask.extend(std::iter::repeat_n(0u32, max_len - e.len()));
-        }
+        let rows: Vec<(&[u32], &[u32])> = chunk
+            .iter()
+            .map(|&j| (&enc[j].1 .0[..], &enc[j].1 .1[..]))
+            .collect();
         let n = chunk.len();
-        let ids = Tensor::from_vec(ids, (n, max_len), &dev)?;
-        let types = Tensor::from_vec(types, (n, max_len), &dev)?;
-        let mask = Tensor::from_vec(mask, (n, max_len), &dev)?;
-        let bias = BertModel::mask_bias(&mask)?;
-        let mut x = model.embed(&ids, &types, Mode::Inference)?;
-        for l in 0..first_layer {
-            x = model.layer(l, &x, &bias, None, Mode::Inference)?;
-        }
+        let Padded { x, mask, bias } = frozen_chunk(model, &rows, first_layer)?;
         let embeddings = if with_embedding {
             let mut top = x.clone();
             for l in first_layer..model.num_layers() {
@@ -288,13 +272,12 @@ fn cache_features(pass: &FrozenPass) -> anyhow::Result<HashMap<usize, Cached>> {
             let (i, (e, _)) = &enc[j];
             // An exact-size copy: `copy()`/`contiguous()` of a view would
             // keep (or clone) the whole padded chunk's storage.
-            let (len, h) = (e.len(), x.dim(2)?);
+            let h = x.dim(2)?;
             let embedding = match &embeddings {
                 Some(e) => Some(Tensor::from_vec(e.get(row)?.to_vec1::<f32>()?, h, &dev)?),
                 None => None,
             };
-            let row = x.get(row)?.narrow(0, 0, len)?.flatten_all()?;
-            let hidden = Tensor::from_vec(row.to_vec1::<f32>()?, (len, h), &dev)?;
+            let hidden = unpadded_row(&x, row, e.len())?;
             out.insert(
                 *i,
                 Cached {
@@ -464,43 +447,101 @@ struct Batch {
     labels: Tensor,
 }
 
+/// A padded chunk: `x` `[b, s, h]`, `mask` `[b, s]` (1 = real token) for
+/// pooling, and the attention `bias` built from it.
+pub(crate) struct Padded {
+    pub x: Tensor,
+    pub mask: Tensor,
+    pub bias: Tensor,
+}
+
+/// Token rows (ids, type ids) padded to the longest and run through the
+/// frozen layers `0..first_layer`: the pass both trainers cache once.
+pub(crate) fn frozen_chunk(
+    model: &BertModel,
+    rows: &[(&[u32], &[u32])],
+    first_layer: usize,
+) -> anyhow::Result<Padded> {
+    let dev = model.device();
+    let max_len = rows.iter().map(|(e, _)| e.len()).max().unwrap_or(1);
+    let mut ids = Vec::with_capacity(rows.len() * max_len);
+    let mut types = Vec::with_capacity(rows.len() * max_len);
+    let mut mask = Vec::with_capacity(rows.len() * max_len);
+    for (e, t) in rows {
+        ids.extend_from_slice(e);
+        ids.extend(std::iter::repeat_n(0u32, max_len - e.len()));
+        types.extend_from_slice(t);
+        types.extend(std::iter::repeat_n(0u32, max_len - t.len()));
+        mask.extend(std::iter::repeat_n(1u32, e.len()));
+        mask.extend(std::iter::repeat_n(0u32, max_len - e.len()));
+    }
+    let n = rows.len();
+    let ids = Tensor::from_vec(ids, (n, max_len), dev)?;
+    let types = Tensor::from_vec(types, (n, max_len), dev)?;
+    let mask = Tensor::from_vec(mask, (n, max_len), dev)?;
+    let bias = BertModel::mask_bias(&mask)?;
+    let mut x = model.embed(&ids, &types, Mode::Inference)?;
+    for l in 0..first_layer {
+        x = model.layer(l, &x, &bias, None, Mode::Inference)?;
+    }
+    Ok(Padded { x, mask, bias })
+}
+
+/// Row `row` of a padded `[b, s, h]` output cut to its `len` real tokens,
+/// as an exact-size copy: `copy()`/`contiguous()` of a view would keep (or
+/// clone) the whole padded chunk's storage.
+pub(crate) fn unpadded_row(x: &Tensor, row: usize, len: usize) -> anyhow::Result<Tensor> {
+    let h = x.dim(2)?;
+    let v = x
+        .get(row)?
+        .narrow(0, 0, len)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(Tensor::from_vec(v, (len, h), x.device())?)
+}
+
+/// Cached `[len, h]` features zero-padded to the longest and stacked.
+pub(crate) fn pad_hidden<'a>(
+    hidden: impl ExactSizeIterator<Item = &'a Tensor>,
+    dev: &Device,
+) -> anyhow::Result<Padded> {
+    let hidden: Vec<&Tensor> = hidden.collect();
+    let max_len = hidden
+        .iter()
+        .map(|t| t.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+    let mut xs = Vec::with_capacity(hidden.len());
+    let mut mask = Vec::with_capacity(hidden.len() * max_len);
+    for t in &hidden {
+        let (len, h) = t.dims2()?;
+        xs.push(if len < max_len {
+            Tensor::cat(
+                &[*t, &Tensor::zeros((max_len - len, h), DType::F32, dev)?],
+                0,
+            )?
+        } else {
+            (*t).clone()
+        });
+        mask.extend(std::iter::repeat_n(1u32, len));
+        mask.extend(std::iter::repeat_n(0u32, max_len - len));
+    }
+    let x = Tensor::stack(&xs, 0)?;
+    let mask = Tensor::from_vec(mask, (hidden.len(), max_len), dev)?;
+    let bias = BertModel::mask_bias(&mask)?;
+    Ok(Padded { x, mask, bias })
+}
+
 /// Pads cached features into `[b, s, h]`, the mask bias and pooling mask.
 fn make_batch(
     cache: &HashMap<usize, Cached>,
     rows: &[usize],
     dev: &Device,
 ) -> anyhow::Result<Batch> {
-    let max_len = rows
-        .iter()
-        .map(|i| cache[i].hidden.dim(0))
-        .collect::<candle_core::Result<Vec<_>>>()?
-        .into_iter()
-        .max()
-        .unwrap_or(1);
-    let mut xs = Vec::with_capacity(rows.len());
-    let mut mask = Vec::with_capacity(rows.len() * max_len);
-    let mut labels = Vec::with_capacity(rows.len());
-    for i in rows {
-        let c = &cache[i];
-        let (len, h) = c.hidden.dims2()?;
-        xs.push(if len < max_len {
-            Tensor::cat(
-                &[
-                    &c.hidden,
-                    &Tensor::zeros((max_len - len, h), DType::F32, dev)?,
-                ],
-                0,
-            )?
-        } else {
-            c.hidden.clone()
-        });
-        mask.extend(std::iter::repeat_n(1u32, len));
-        mask.extend(std::iter::repeat_n(0u32, max_len - len));
-        labels.push(c.label);
-    }
-    let x = Tensor::stack(&xs, 0)?;
-    let mask = Tensor::from_vec(mask, (rows.len(), max_len), dev)?;
-    let bias = BertModel::mask_bias(&mask)?;
+    let Padded { x, mask, bias } = pad_hidden(rows.iter().map(|i| &cache[i].hidden), dev)?;
+    let labels: Vec<u32> = rows.iter().map(|i| cache[i].label).collect();
     let labels = Tensor::from_vec(labels, rows.len(), dev)?;
     let embedding = rows
         .iter()
