@@ -56,6 +56,7 @@ fn member(
             with_embedding: true,
             ..HeadSpec::default()
         },
+        line_breaks: false,
         members: 1,
         metadata: Some(serde_json::json!({"split": {"seed": split_seed}})),
     };

@@ -182,6 +182,7 @@ fn spec(
     top_layers: usize,
 ) -> TaskSpec {
     TaskSpec {
+        line_breaks: false,
         name: name.into(),
         kind,
         labels: (0..labels)
@@ -250,6 +251,7 @@ fn encode_batch(tok: &Tokenization, texts: &[String], tasks: &[usize]) -> anyhow
         (
             &e.ids[..],
             &e.type_ids[..],
+            &e.line_starts[..],
             Wants {
                 embedding: true,
                 tasks: tasks.to_vec(),

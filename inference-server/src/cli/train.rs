@@ -75,6 +75,11 @@ pub struct TrainArgs {
     /// (the base encoder's mean pool, computed per request anyway).
     #[arg(long)]
     pub head_embedding: bool,
+    /// Token tasks: learn a vector added to the trained layers' input at
+    /// every token that starts a new line of its text (the tokenizer drops
+    /// line breaks; business cards and addresses put one entity per line).
+    #[arg(long)]
+    pub line_breaks: bool,
     /// Sequence tasks: fraction of the head's input features zeroed at
     /// random (seeded) in each training step; 0 = off. Keeps the head from
     /// fitting its training set (the shipped `domain` head uses 0.3).
@@ -137,6 +142,7 @@ impl TrainArgs {
             pooling: self.pooling,
             feature_cache: self.feature_cache.clone(),
             extra_weight: self.extra_weight,
+            line_breaks: self.line_breaks,
         }
     }
 

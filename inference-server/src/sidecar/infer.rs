@@ -365,6 +365,7 @@ impl Infer {
                 rows.push(Row {
                     ids: e.ids.clone(),
                     type_ids: e.type_ids.clone(),
+                    line_starts: e.line_starts.clone(),
                     wants,
                 });
             }
@@ -557,6 +558,7 @@ impl Infer {
             .map(|e| Row {
                 ids: e.ids.clone(),
                 type_ids: e.type_ids.clone(),
+                line_starts: e.line_starts.clone(),
                 wants: Wants {
                     embedding: true,
                     tasks: vec![],
@@ -708,6 +710,7 @@ impl Infer {
             .map(|e| Row {
                 ids: e.ids.clone(),
                 type_ids: e.type_ids.clone(),
+                line_starts: e.line_starts.clone(),
                 wants: Wants {
                     embedding: false,
                     tasks: vec![task],

@@ -22,6 +22,8 @@ use crate::sidecar::metrics::Metrics;
 pub struct Row {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
+    /// [`crate::sidecar::tokenize::Encoded::line_starts`].
+    pub line_starts: Vec<u32>,
     pub wants: Wants,
 }
 
@@ -180,7 +182,12 @@ pub fn backend_loop(backend: Box<dyn Backend>, queue: Arc<Queue>) {
             let chunk = &order[i..j];
             let batch = Batch::from_rows(chunk.iter().map(|&(e, r)| {
                 let row = &entries[e].rows[r];
-                (&row.ids[..], &row.type_ids[..], row.wants.clone())
+                (
+                    &row.ids[..],
+                    &row.type_ids[..],
+                    &row.line_starts[..],
+                    row.wants.clone(),
+                )
             }));
             let t0 = Instant::now();
             let result = {

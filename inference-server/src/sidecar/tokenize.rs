@@ -23,7 +23,30 @@ pub struct Encoded {
     /// itself; the second text for pairs); `None` for special tokens and,
     /// for pairs, the first text's tokens.
     pub offsets: Vec<Option<(usize, usize)>>,
+    /// Per token: 1 when a line break separates it from the previous token
+    /// of the same text (see [`line_starts`]), else 0.
+    pub line_starts: Vec<u32>,
     pub truncated: bool,
+}
+
+/// Per token of `offsets` (byte ranges in `text`; `None` for special
+/// tokens and a pair's first text): 1 when a line break lies between it
+/// and the previous token of `text`. The tokenizer drops whitespace, so
+/// without this a token head cannot tell "Emilie Nielsen\nWeatherford"
+/// (a name, then a company on the next line) from one line of text.
+pub fn line_starts(offsets: &[Option<(usize, usize)>], text: &str) -> Vec<u32> {
+    let mut prev_end = 0;
+    offsets
+        .iter()
+        .map(|o| match *o {
+            Some((s, e)) => {
+                let gap = text.get(prev_end.min(s)..s).unwrap_or("");
+                prev_end = e;
+                u32::from(gap.contains('\n'))
+            }
+            None => 0,
+        })
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +112,7 @@ impl Tokenization {
             ids: Vec::with_capacity(ids.len() + 2),
             type_ids: vec![0; ids.len() + 2],
             offsets: Vec::with_capacity(ids.len() + 2),
+            line_starts: Vec::new(),
             truncated,
         };
         out.ids.push(self.cls);
@@ -97,6 +121,7 @@ impl Tokenization {
         out.offsets.extend(offs.into_iter().map(Some));
         out.ids.push(self.sep);
         out.offsets.push(None);
+        out.line_starts = line_starts(&out.offsets, text);
         Ok(out)
     }
 
@@ -132,6 +157,7 @@ impl Tokenization {
                     ids: Vec::with_capacity(a.len() + b_ids.len() + 3),
                     type_ids: Vec::new(),
                     offsets: Vec::new(),
+                    line_starts: Vec::new(),
                     truncated,
                 };
                 e.ids.push(self.cls);
@@ -146,8 +172,44 @@ impl Tokenization {
                 e.offsets = vec![None; first_len];
                 e.offsets.extend(b_offs.iter().copied().map(Some));
                 e.offsets.push(None);
+                e.line_starts = line_starts(&e.offsets, second);
                 e
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_starts;
+
+    #[test]
+    fn line_starts_mark_the_first_token_after_a_break() {
+        let text = "Emilie Nielsen\nWeatherford plc\n\n  Slovenčeva 19";
+        // [CLS], 5 words as they would be split, [SEP].
+        let words = [
+            "Emilie",
+            "Nielsen",
+            "Weatherford",
+            "plc",
+            "Slovenčeva",
+            "19",
+        ];
+        let mut offsets = vec![None];
+        let mut from = 0;
+        for w in words {
+            let s = from + text[from..].find(w).unwrap();
+            offsets.push(Some((s, s + w.len())));
+            from = s + w.len();
+        }
+        offsets.push(None);
+        assert_eq!(line_starts(&offsets, text), vec![0, 0, 0, 1, 0, 1, 0, 0]);
+        // A leading break marks the first token; special tokens never.
+        assert_eq!(
+            line_starts(&[None, Some((1, 2)), None], "\nA"),
+            vec![0, 1, 0]
+        );
+        // Offsets out of order or past the text give 0, not a panic.
+        assert_eq!(line_starts(&[Some((5, 9)), Some((1, 2))], "ab"), vec![0, 0]);
     }
 }

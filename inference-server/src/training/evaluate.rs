@@ -86,6 +86,7 @@ impl LoadedTask {
                 (
                     &enc[i].ids[..],
                     &enc[i].type_ids[..],
+                    &enc[i].line_starts[..],
                     Wants {
                         embedding: false,
                         tasks: vec![0],
@@ -137,6 +138,7 @@ impl LoadedTask {
                 (
                     &rows[r].1.ids[..],
                     &rows[r].1.type_ids[..],
+                    &rows[r].1.line_starts[..],
                     Wants {
                         embedding: false,
                         tasks: vec![0],

@@ -425,6 +425,7 @@ pub fn token_spec(
             hidden: cfg.head_hidden.clone(),
             ..HeadSpec::default()
         },
+        line_breaks: cfg.line_breaks,
         members: 1,
         metadata: Some(metadata),
     }
@@ -469,11 +470,19 @@ fn cache_features(
 /// Padded `[b, s, h]` features and the mask bias of `rows`.
 fn make_batch(
     cache: &HashMap<usize, Cached>,
+    aligned: &HashMap<usize, Aligned>,
     rows: &[usize],
     dev: &Device,
-) -> anyhow::Result<(Tensor, Tensor)> {
+) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
     let p = trainer::pad_hidden(rows.iter().map(|i| &cache[i].hidden), dev)?;
-    Ok((p.x, p.bias))
+    let s = p.x.dim(1)?;
+    let mut lines = vec![0u32; rows.len() * s];
+    for (r, i) in rows.iter().enumerate() {
+        let f = &aligned[i].line_starts;
+        lines[r * s..r * s + f.len()].copy_from_slice(f);
+    }
+    let lines = Tensor::from_vec(lines, (rows.len(), s), dev)?;
+    Ok((p.x, p.bias, lines))
 }
 
 fn padded_len(aligned: &HashMap<usize, Aligned>, rows: &[usize]) -> usize {
@@ -541,9 +550,10 @@ fn branch_logits(
     branch: &TaskBranch,
     x: &Tensor,
     bias: &Tensor,
+    line_starts: &Tensor,
     mode: Mode,
 ) -> candle_core::Result<Tensor> {
-    let mut h = x.clone();
+    let mut h = branch.with_line_breaks(x.clone(), line_starts)?;
     for (k, adapter) in branch.adapters.iter().enumerate() {
         h = model.layer(branch.first_layer + k, &h, bias, Some(adapter), mode)?;
     }
@@ -589,8 +599,8 @@ fn validate(
     let mut windows: BTreeMap<usize, Vec<Vec<Vec<f32>>>> = BTreeMap::new();
     let mut answer_offsets: HashMap<usize, Vec<Option<(usize, usize)>>> = HashMap::new();
     for chunk in sorted.chunks(64) {
-        let (x, bias) = make_batch(cache, chunk, dev)?;
-        let logits = branch_logits(model, branch, &x, &bias, Mode::Inference)?;
+        let (x, bias, lines) = make_batch(cache, aligned, chunk, dev)?;
+        let logits = branch_logits(model, branch, &x, &bias, &lines, Mode::Inference)?;
         let (_, s, c) = logits.dims3()?;
         let all = logits.flatten_all()?.to_vec1::<f32>()?;
         for (r, i) in chunk.iter().enumerate() {
@@ -774,9 +784,9 @@ pub fn train(
         &train_rows,
         |i| aligned[&i].ids.len(),
         |rows| {
-            let (x, bias) = make_batch(&cache, rows, &dev)?;
+            let (x, bias, lines) = make_batch(&cache, &aligned, rows, &dev)?;
             let (pos, labels, weights) = plan.targets(&aligned, rows, &dev)?;
-            let logits = branch_logits(&model, &branch, &x, &bias, Mode::Train)?;
+            let logits = branch_logits(&model, &branch, &x, &bias, &lines, Mode::Train)?;
             let (b, s, c) = logits.dims3()?;
             let flat = logits.reshape((b * s, c))?.index_select(&pos, 0)?;
             Ok(weighted_cross_entropy(&flat, &labels, &weights)?)
@@ -884,6 +894,7 @@ impl LoadedTokenTask {
                 (
                     &rows[r].1.ids[..],
                     &rows[r].1.type_ids[..],
+                    &rows[r].1.line_starts[..],
                     Wants {
                         embedding: false,
                         tasks: vec![0],
@@ -966,6 +977,7 @@ impl LoadedTokenTask {
                 (
                     &enc[i].ids[..],
                     &enc[i].type_ids[..],
+                    &enc[i].line_starts[..],
                     Wants {
                         embedding: false,
                         tasks: vec![0],
@@ -1053,13 +1065,19 @@ pub struct TokenCard<'a> {
 fn trained_line(s: &mut String, cfg: &TrainConfig, loss: &str) {
     let _ = writeln!(
         s,
-        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), {} over every token; \
+        "* trained: LoRA rank {} (alpha {}) on {} of the top {} layer(s), {} over every token{}; \
          loss: {loss}",
         cfg.lora_rank,
         cfg.lora_alpha,
         cfg.lora_targets.join(", "),
         cfg.top_layers,
-        card::head_text(cfg)
+        card::head_text(cfg),
+        if cfg.line_breaks {
+            ", and a line-break vector added to the trained layers' input at every token that \
+             starts a new line (`--line-breaks`: the tokenizer drops line breaks)"
+        } else {
+            ""
+        }
     );
 }
 
@@ -1643,6 +1661,7 @@ mod tests {
                     type_ids: vec![0; 4],
                     labels: vec![IGNORE, 0, 1, IGNORE],
                     offsets: vec![None, Some((0, 1)), Some((2, 3)), None],
+                    line_starts: vec![0; 4],
                 };
                 (r, a)
             })

@@ -576,6 +576,8 @@ pub struct Aligned {
     pub type_ids: Vec<u32>,
     pub labels: Vec<u32>,
     pub offsets: Vec<Option<(usize, usize)>>,
+    /// [`crate::sidecar::tokenize::Encoded::line_starts`].
+    pub line_starts: Vec<u32>,
 }
 
 /// Tokenizes `ex` and labels each token: `B-X` for the first token
@@ -649,6 +651,7 @@ fn label_encoded(
         }
     }
     Ok(Aligned {
+        line_starts: enc.line_starts,
         ids: enc.ids,
         type_ids: enc.type_ids,
         labels: out,

@@ -60,6 +60,9 @@ pub struct TrainConfig {
     /// Token tasks: loss weight of the training-only extra examples
     /// (`--wnut-extra`); the validated sources weigh 1.
     pub extra_weight: f64,
+    /// Token tasks: learn a vector added to the branch input at tokens that
+    /// start a line (`TaskSpec::line_breaks`).
+    pub line_breaks: bool,
 }
 
 /// What a run produced.
@@ -127,6 +130,7 @@ pub fn sequence_spec(
             with_embedding: cfg.head_embedding,
             ..HeadSpec::default()
         },
+        line_breaks: cfg.line_breaks,
         members: 1,
         metadata: Some(metadata),
     }
@@ -170,6 +174,10 @@ pub(crate) fn init_vars(
         "head.out.bias".into(),
         Tensor::zeros(spec.labels.len(), DType::F32, dev)?,
     ));
+    if spec.line_breaks {
+        // Zero: training starts from the plain branch.
+        t.push(("line_break".into(), Tensor::zeros(h, DType::F32, dev)?));
+    }
     if let Some(l) = &spec.lora {
         let layers = cfg.num_hidden_layers;
         for i in layers - spec.top_layers..layers {

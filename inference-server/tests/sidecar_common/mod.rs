@@ -72,6 +72,7 @@ pub fn random_task(
     lora_rank: Option<usize>,
 ) -> TaskSpec {
     let spec = TaskSpec {
+        line_breaks: false,
         name: name.into(),
         kind,
         labels: labels.iter().map(|s| s.to_string()).collect(),

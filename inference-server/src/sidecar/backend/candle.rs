@@ -156,6 +156,9 @@ pub struct TaskBranch {
     pub with_embedding: bool,
     /// Ensemble members stacked in the adapters and head ([`TaskBranch::stack`]).
     pub members: usize,
+    /// `[h]`, added to the branch input at line-start tokens
+    /// (`TaskSpec::line_breaks`).
+    pub line_break: Option<Tensor>,
 }
 
 impl TaskBranch {
@@ -176,6 +179,11 @@ impl TaskBranch {
                 None => Ok(LayerAdapter::default()),
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let line_break = if spec.line_breaks {
+            Some(vb.get(cfg.hidden_size, "line_break")?)
+        } else {
+            None
+        };
         Ok(Self {
             kind: spec.kind,
             pooling: spec.pooling,
@@ -184,6 +192,7 @@ impl TaskBranch {
             head: Head::load(spec, spec.head.input_width(cfg.hidden_size), vb)?,
             with_embedding: spec.head.with_embedding,
             members: 1,
+            line_break,
         })
     }
 
@@ -211,6 +220,18 @@ impl TaskBranch {
             members: members.len(),
             ..first.clone()
         })
+    }
+
+    /// The branch input `x` `[b, s, h]` with the line-break vector added
+    /// where `line_starts` `[b, s]` (0/1) is 1; `x` itself without one.
+    pub fn with_line_breaks(&self, x: Tensor, line_starts: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.line_break {
+            Some(v) => {
+                let flags = line_starts.to_dtype(x.dtype())?.unsqueeze(2)?;
+                x.broadcast_add(&flags.broadcast_mul(v)?)
+            }
+            None => Ok(x),
+        }
     }
 
     /// Head logits of a pooled branch output `[b, h]`; `embedding` is the
@@ -404,6 +425,17 @@ impl CandleBackend {
                 )
             };
             if branch.kind.per_token() {
+                let h = if branch.line_break.is_some() {
+                    let lines = Tensor::from_slice(&batch.line_starts, (n, s), dev)?;
+                    let lines = if rows.len() == n {
+                        lines
+                    } else {
+                        lines.index_select(&Tensor::from_slice(&rows, rows.len(), dev)?, 0)?
+                    };
+                    branch.with_line_breaks(h, &lines)?
+                } else {
+                    h
+                };
                 let h = self.branch_layers(branch, h, &b)?;
                 let logits = branch.head.forward(&h)?; // [r, s, labels]
                 let labels = logits.dim(2)?;
@@ -493,6 +525,7 @@ impl Backend for CandleBackend {
         let batch = Batch::from_rows([(
             &ids[..],
             &[0u32, 0][..],
+            &[][..],
             super::Wants {
                 embedding: true,
                 tasks: vec![],

@@ -32,6 +32,10 @@ pub struct Batch {
     pub type_ids: Vec<u32>,
     /// 1 for real tokens, 0 for padding.
     pub attention_mask: Vec<u32>,
+    /// 1 for a token that starts a new line of its text (see
+    /// `tokenize::line_starts`); read by token heads trained with
+    /// `line_breaks`.
+    pub line_starts: Vec<u32>,
     /// Real (unpadded) length of each row.
     pub lengths: Vec<usize>,
     pub max_len: usize,
@@ -43,8 +47,11 @@ impl Batch {
         self.lengths.len()
     }
 
-    /// Pads `rows` (ids, type ids, wants) to the longest row.
-    pub fn from_rows<'a>(rows: impl IntoIterator<Item = (&'a [u32], &'a [u32], Wants)>) -> Self {
+    /// Pads `rows` (ids, type ids, line starts, wants) to the longest row;
+    /// an empty line-starts slice means none.
+    pub fn from_rows<'a>(
+        rows: impl IntoIterator<Item = (&'a [u32], &'a [u32], &'a [u32], Wants)>,
+    ) -> Self {
         let rows: Vec<_> = rows.into_iter().collect();
         let max_len = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
         let n = rows.len();
@@ -52,14 +59,16 @@ impl Batch {
             input_ids: vec![0; n * max_len],
             type_ids: vec![0; n * max_len],
             attention_mask: vec![0; n * max_len],
+            line_starts: vec![0; n * max_len],
             lengths: Vec::with_capacity(n),
             max_len,
             wants: Vec::with_capacity(n),
         };
-        for (i, (ids, types, wants)) in rows.into_iter().enumerate() {
+        for (i, (ids, types, lines, wants)) in rows.into_iter().enumerate() {
             let row = i * max_len;
             b.input_ids[row..row + ids.len()].copy_from_slice(ids);
             b.type_ids[row..row + types.len()].copy_from_slice(types);
+            b.line_starts[row..row + lines.len()].copy_from_slice(lines);
             b.attention_mask[row..row + ids.len()].fill(1);
             b.lengths.push(ids.len());
             b.wants.push(wants);

@@ -179,6 +179,13 @@ pub struct TaskSpec {
     pub lora: Option<LoraSpec>,
     #[serde(default)]
     pub head: HeadSpec,
+    /// Token tasks: a learned vector (`line_break` in the adapter file) is
+    /// added to the branch's input at every token that starts a new line of
+    /// its text. The tokenizer drops whitespace, so without it the head
+    /// cannot see where a name on one line ends and a company or address on
+    /// the next begins. The shared trunk is unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub line_breaks: bool,
     /// Ensemble size: this many branches of this one layout, trained apart
     /// (other seeds), whose softmax outputs are averaged. Averaging cuts the
     /// run-to-run noise of one training run; a CLS-pooled member costs one
@@ -246,6 +253,13 @@ impl TaskSpec {
             return Err(format!(
                 "members > 1 (an ensemble) is for sequence and pair tasks, not `{}`",
                 self.kind.as_str()
+            ));
+        }
+        if self.line_breaks && (!self.kind.per_token() || self.top_layers == 0) {
+            return Err(format!(
+                "line_breaks is for token tasks with top_layers ≥ 1, not `{}` with top_layers {}",
+                self.kind.as_str(),
+                self.top_layers
             ));
         }
         if self.head.with_embedding && self.kind != TaskKind::Sequence {
@@ -319,6 +333,7 @@ pub fn discover(models_dir: &Path, num_layers: usize) -> Result<Vec<TaskFiles>, 
 #[cfg(test)]
 pub(crate) fn test_spec(kind: TaskKind) -> TaskSpec {
     TaskSpec {
+        line_breaks: false,
         name: "custom".into(),
         kind,
         labels: vec!["a".into(), "b".into()],
@@ -361,6 +376,29 @@ mod tests {
         s.members = 2;
         let e = s.validate(6).unwrap_err();
         assert!(e.contains("ensemble") && e.contains("token"), "{e}");
+    }
+
+    #[test]
+    fn line_breaks_only_for_token_tasks_with_a_branch() {
+        let mut s = spec(TaskKind::Token);
+        s.line_breaks = true;
+        assert!(s.validate(6).is_ok());
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["line_breaks"], true);
+        assert!(serde_json::to_value(spec(TaskKind::Token))
+            .unwrap()
+            .get("line_breaks")
+            .is_none());
+        s.top_layers = 0;
+        let e = s.validate(6).unwrap_err();
+        assert!(
+            e.contains("line_breaks") && e.contains("top_layers 0"),
+            "{e}"
+        );
+        let mut q = spec(TaskKind::Sequence);
+        q.line_breaks = true;
+        let e = q.validate(6).unwrap_err();
+        assert!(e.contains("line_breaks") && e.contains("sequence"), "{e}");
     }
 
     #[test]

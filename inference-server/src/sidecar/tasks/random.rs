@@ -39,6 +39,9 @@ pub fn write_random_task(
         "head.out.bias".into(),
         Tensor::zeros(spec.labels.len(), DType::F32, &dev)?,
     );
+    if spec.line_breaks {
+        t.insert("line_break".into(), Tensor::randn(0f32, 1.0, hidden, &dev)?);
+    }
     if let Some(lora) = &spec.lora {
         for i in num_layers - spec.top_layers..num_layers {
             for target in &lora.targets {
