@@ -467,7 +467,8 @@ fn cache_features(
     Ok(out)
 }
 
-/// Padded `[b, s, h]` features and the mask bias of `rows`.
+/// Padded `[b, s, h]` features, the mask bias and the `[b, s]` line-start
+/// flags of `rows`.
 fn make_batch(
     cache: &HashMap<usize, Cached>,
     aligned: &HashMap<usize, Aligned>,
