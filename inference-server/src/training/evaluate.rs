@@ -169,15 +169,7 @@ impl LoadedTask {
         Ok(self
             .pair_probs(pairs, batch_size)?
             .into_iter()
-            .map(|p| {
-                let (i, q) = p
-                    .iter()
-                    .copied()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-                    .unwrap_or((0, 0.0));
-                (i, q)
-            })
+            .map(|p| most_probable(&p))
             .collect())
     }
 
@@ -191,14 +183,8 @@ impl LoadedTask {
     ) -> anyhow::Result<Vec<(usize, f32)>> {
         Ok(self
             .example_probs(data, indices, batch_size)?
-            .into_iter()
-            .map(|p| {
-                p.iter()
-                    .copied()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
-                    .unwrap_or((0, 0.0))
-            })
+            .iter()
+            .map(|p| most_probable(p))
             .collect())
     }
 
@@ -554,6 +540,15 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let e: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
     let z: f32 = e.iter().sum();
     e.into_iter().map(|x| x / z).collect()
+}
+
+/// Index of the largest probability and that probability.
+fn most_probable(p: &[f32]) -> (usize, f32) {
+    p.iter()
+        .copied()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0))
 }
 
 /// Index of the largest logit and its softmax probability.

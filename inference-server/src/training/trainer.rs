@@ -463,30 +463,23 @@ pub(crate) struct Padded {
     pub bias: Tensor,
 }
 
-/// Token rows (ids, type ids) padded to the longest and run through the
-/// frozen layers `0..first_layer`: the pass both trainers cache once.
+/// Token rows (ids, type ids) padded to the longest (as the sidecar pads a
+/// batch) and run through the frozen layers `0..first_layer`: the pass both
+/// trainers cache once.
 pub(crate) fn frozen_chunk(
     model: &BertModel,
     rows: &[(&[u32], &[u32])],
     first_layer: usize,
 ) -> anyhow::Result<Padded> {
     let dev = model.device();
-    let max_len = rows.iter().map(|(e, _)| e.len()).max().unwrap_or(1);
-    let mut ids = Vec::with_capacity(rows.len() * max_len);
-    let mut types = Vec::with_capacity(rows.len() * max_len);
-    let mut mask = Vec::with_capacity(rows.len() * max_len);
-    for (e, t) in rows {
-        ids.extend_from_slice(e);
-        ids.extend(std::iter::repeat_n(0u32, max_len - e.len()));
-        types.extend_from_slice(t);
-        types.extend(std::iter::repeat_n(0u32, max_len - t.len()));
-        mask.extend(std::iter::repeat_n(1u32, e.len()));
-        mask.extend(std::iter::repeat_n(0u32, max_len - e.len()));
-    }
-    let n = rows.len();
-    let ids = Tensor::from_vec(ids, (n, max_len), dev)?;
-    let types = Tensor::from_vec(types, (n, max_len), dev)?;
-    let mask = Tensor::from_vec(mask, (n, max_len), dev)?;
+    let batch = crate::sidecar::backend::Batch::from_rows(
+        rows.iter()
+            .map(|&(ids, types)| (ids, types, &[][..], Default::default())),
+    );
+    let shape = (batch.size(), batch.max_len);
+    let ids = Tensor::from_slice(&batch.input_ids, shape, dev)?;
+    let types = Tensor::from_slice(&batch.type_ids, shape, dev)?;
+    let mask = Tensor::from_slice(&batch.attention_mask, shape, dev)?;
     let bias = BertModel::mask_bias(&mask)?;
     let mut x = model.embed(&ids, &types, Mode::Inference)?;
     for l in 0..first_layer {

@@ -413,8 +413,19 @@ impl CandleBackend {
                 &saved[&branch.first_layer]
             };
             let shared = shared.as_ref().filter(|_| branch.with_embedding);
-            let (h, m, b, e) = if rows.len() == n {
-                (start.clone(), mask.clone(), bias.clone(), shared.cloned())
+            let lines = branch
+                .line_break
+                .as_ref()
+                .map(|_| Tensor::from_slice(&batch.line_starts, (n, s), dev))
+                .transpose()?;
+            let (h, m, b, e, lines) = if rows.len() == n {
+                (
+                    start.clone(),
+                    mask.clone(),
+                    bias.clone(),
+                    shared.cloned(),
+                    lines,
+                )
             } else {
                 let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
                 (
@@ -422,19 +433,13 @@ impl CandleBackend {
                     mask.index_select(&idx, 0)?,
                     bias.index_select(&idx, 0)?,
                     shared.map(|e| e.index_select(&idx, 0)).transpose()?,
+                    lines.map(|l| l.index_select(&idx, 0)).transpose()?,
                 )
             };
             if branch.kind.per_token() {
-                let h = if branch.line_break.is_some() {
-                    let lines = Tensor::from_slice(&batch.line_starts, (n, s), dev)?;
-                    let lines = if rows.len() == n {
-                        lines
-                    } else {
-                        lines.index_select(&Tensor::from_slice(&rows, rows.len(), dev)?, 0)?
-                    };
-                    branch.with_line_breaks(h, &lines)?
-                } else {
-                    h
+                let h = match &lines {
+                    Some(lines) => branch.with_line_breaks(h, lines)?,
+                    None => h,
                 };
                 let h = self.branch_layers(branch, h, &b)?;
                 let logits = branch.head.forward(&h)?; // [r, s, labels]
