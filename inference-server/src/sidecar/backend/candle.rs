@@ -371,16 +371,34 @@ impl CandleBackend {
             branch_points.iter().copied().max().unwrap_or(0)
         };
 
-        let mut saved: BTreeMap<usize, Tensor> = BTreeMap::new();
+        // The hidden state entering each branch point, with that layer's
+        // frozen projections when they are shared: by the trunk, if it runs
+        // the layer, and by every branch entering there. A lone branch at the
+        // trunk's stop projects only what it needs itself.
+        let mut saved: BTreeMap<usize, (Tensor, Option<Tensor>)> = BTreeMap::new();
         let mut x = self.model.embed(&ids, &types, self.mode)?;
         for i in 0..layers {
-            if branch_points.contains(&i) {
-                saved.insert(i, x.clone());
+            let entering = requested
+                .iter()
+                .filter(|&&t| self.tasks[t].first_layer == i)
+                .count();
+            let qkv = if entering > 0 && (i < stop || entering > 1) {
+                Some(self.model.project(i, &x)?)
+            } else {
+                None
+            };
+            if entering > 0 {
+                saved.insert(i, (x.clone(), qkv.clone()));
             }
             if i >= stop {
                 break;
             }
-            x = self.model.layer(i, &x, &bias, None, self.mode)?;
+            x = match &qkv {
+                Some(p) => self
+                    .model
+                    .layer_projected(i, &x, p, 1, false, &bias, None, self.mode)?,
+                None => self.model.layer(i, &x, &bias, None, self.mode)?,
+            };
         }
 
         let mut out = vec![SequenceOutput::default(); n];
@@ -407,10 +425,9 @@ impl CandleBackend {
             let rows: Vec<u32> = (0..n as u32)
                 .filter(|&r| batch.wants[r as usize].tasks.contains(&t))
                 .collect();
-            let start = if branch.first_layer == layers {
-                &x
-            } else {
-                &saved[&branch.first_layer]
+            let (start, qkv) = match saved.get(&branch.first_layer) {
+                Some((h, qkv)) => (h, qkv.as_ref()),
+                None => (&x, None),
             };
             let shared = shared.as_ref().filter(|_| branch.with_embedding);
             let lines = branch
@@ -418,9 +435,10 @@ impl CandleBackend {
                 .as_ref()
                 .map(|_| Tensor::from_slice(&batch.line_starts, (n, s), dev))
                 .transpose()?;
-            let (h, m, b, e, lines) = if rows.len() == n {
+            let (h, qkv, m, b, e, lines) = if rows.len() == n {
                 (
                     start.clone(),
+                    qkv.cloned(),
                     mask.clone(),
                     bias.clone(),
                     shared.cloned(),
@@ -430,6 +448,7 @@ impl CandleBackend {
                 let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
                 (
                     start.index_select(&idx, 0)?,
+                    qkv.map(|p| p.index_select(&idx, 0)).transpose()?,
                     mask.index_select(&idx, 0)?,
                     bias.index_select(&idx, 0)?,
                     shared.map(|e| e.index_select(&idx, 0)).transpose()?,
@@ -437,11 +456,15 @@ impl CandleBackend {
                 )
             };
             if branch.kind.per_token() {
-                let h = match &lines {
-                    Some(lines) => branch.with_line_breaks(h, lines)?,
-                    None => h,
+                let (h, qkv) = match &lines {
+                    Some(lines) => (
+                        branch.with_line_breaks(h, lines)?,
+                        qkv.map(|p| self.line_break_projections(branch, p, lines))
+                            .transpose()?,
+                    ),
+                    None => (h, qkv),
                 };
-                let h = self.branch_layers(branch, h, &b)?;
+                let h = self.branch_layers(branch, h, qkv.as_ref(), &b)?;
                 let logits = branch.head.forward(&h)?; // [r, s, labels]
                 let labels = logits.dim(2)?;
                 let all = logits.flatten_all()?.to_vec1::<f32>()?;
@@ -459,7 +482,7 @@ impl CandleBackend {
             } else {
                 // An ensemble runs its members as one batch of repeated rows.
                 let k = branch.members;
-                let h = self.branch_layers(branch, h, &repeat_rows(&b, k)?)?;
+                let h = self.branch_layers(branch, h, qkv.as_ref(), &repeat_rows(&b, k)?)?;
                 let pooled = match branch.pooling {
                     Pooling::Mean => mean_pool(&h, &repeat_rows(&m, k)?)?,
                     Pooling::Cls => cls_pool(&h)?,
@@ -480,29 +503,65 @@ impl CandleBackend {
     /// Runs `branch`'s re-run layers (with its adapters) over `h`, the
     /// hidden state entering its first layer, once per stacked member:
     /// `bias` covers `branch.members` copies of `h`'s rows, and the first
-    /// layer's frozen projections run once for all copies.
+    /// layer's frozen projections (`qkv`, when shared, else computed here)
+    /// run once for all copies.
     fn branch_layers(
         &self,
         branch: &TaskBranch,
         mut h: Tensor,
+        qkv: Option<&Tensor>,
         bias: &Tensor,
     ) -> candle_core::Result<Tensor> {
         // A CLS-pooled head only reads position 0 of the last layer.
         let cls_only = !branch.kind.per_token() && branch.pooling == Pooling::Cls;
         let last = branch.adapters.len().saturating_sub(1);
         for (k, adapter) in branch.adapters.iter().enumerate() {
-            let copies = if k == 0 { branch.members } else { 1 };
-            h = self.model.layer_copies(
-                branch.first_layer + k,
-                &h,
-                copies,
-                cls_only && k == last,
-                bias,
-                Some(adapter),
-                self.mode,
-            )?;
+            let (index, cls) = (branch.first_layer + k, cls_only && k == last);
+            h = match qkv.filter(|_| k == 0) {
+                Some(p) => self.model.layer_projected(
+                    index,
+                    &h,
+                    p,
+                    branch.members,
+                    cls,
+                    bias,
+                    Some(adapter),
+                    self.mode,
+                )?,
+                None => {
+                    let copies = if k == 0 { branch.members } else { 1 };
+                    self.model.layer_copies(
+                        index,
+                        &h,
+                        copies,
+                        cls,
+                        bias,
+                        Some(adapter),
+                        self.mode,
+                    )?
+                }
+            };
         }
         Ok(h)
+    }
+
+    /// Shared projections `qkv` `[b, s, 3h]` of a branch's first layer input,
+    /// moved to what they are for that input plus the branch's line-break
+    /// vector at `line_starts` `[b, s]` (projection is linear).
+    fn line_break_projections(
+        &self,
+        branch: &TaskBranch,
+        qkv: Tensor,
+        line_starts: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match &branch.line_break {
+            Some(v) => {
+                let offset = self.model.project_offset(branch.first_layer, v)?;
+                let flags = line_starts.to_dtype(qkv.dtype())?.unsqueeze(2)?;
+                qkv.broadcast_add(&flags.broadcast_mul(&offset)?)
+            }
+            None => Ok(qkv),
+        }
     }
 }
 

@@ -357,14 +357,72 @@ impl BertLayer {
         mode: Mode,
     ) -> Result<Tensor> {
         let h = x.dim(2)?;
-        let (xq, q, kv) = if cls_only {
-            let x_cls = x.narrow(1, 0, 1)?.contiguous()?;
-            let q = self.q.forward(&x_cls)?;
-            (x_cls, q, self.kv.forward(x)?)
+        let (q, kv) = if cls_only {
+            let q = self.q.forward(&x.narrow(1, 0, 1)?.contiguous()?)?;
+            (q, self.kv.forward(x)?)
         } else {
             let qkv = self.qkv.forward(x)?;
-            let q = qkv.narrow(D::Minus1, 0, h)?;
-            (x.clone(), q, qkv.narrow(D::Minus1, h, 2 * h)?)
+            (
+                qkv.narrow(D::Minus1, 0, h)?,
+                qkv.narrow(D::Minus1, h, 2 * h)?,
+            )
+        };
+        self.attend_copies(x, q, kv, copies, cls_only, mask_bias, adapter, mode)
+    }
+
+    /// The frozen query, key and value projections of `x`: `[b, s, h]` →
+    /// `[b, s, 3h]`. The trunk and every branch entering this layer share
+    /// them ([`BertLayer::forward_projected`]), so they run once a batch.
+    pub fn project(&self, x: &Tensor) -> Result<Tensor> {
+        self.qkv.forward(x)
+    }
+
+    /// `v · Wᵀ` for the fused projection without its bias: `[h]` → `[3h]`.
+    /// The projections of `x + v` are `project(x)` plus this, which lets a
+    /// branch that adds a vector to its input (line breaks) still share them.
+    pub fn project_offset(&self, v: &Tensor) -> Result<Tensor> {
+        v.unsqueeze(0)?.matmul(&self.qkv.weight().t()?)?.squeeze(0)
+    }
+
+    /// [`BertLayer::forward_copies`] with `x`'s projections given
+    /// (`qkv` from [`BertLayer::project`], rows matching `x`'s).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_projected(
+        &self,
+        x: &Tensor,
+        qkv: &Tensor,
+        copies: usize,
+        cls_only: bool,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let h = x.dim(2)?;
+        let q = qkv.narrow(D::Minus1, 0, h)?;
+        let q = if cls_only { q.narrow(1, 0, 1)? } else { q };
+        let kv = qkv.narrow(D::Minus1, h, 2 * h)?;
+        self.attend_copies(x, q, kv, copies, cls_only, mask_bias, adapter, mode)
+    }
+
+    /// The rest of the layer once the frozen projections are known (`q` for
+    /// position 0 only when `cls_only`), over `copies` copies of the rows.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_copies(
+        &self,
+        x: &Tensor,
+        q: Tensor,
+        kv: Tensor,
+        copies: usize,
+        cls_only: bool,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let h = x.dim(2)?;
+        let xq = if cls_only {
+            x.narrow(1, 0, 1)?.contiguous()?
+        } else {
+            x.clone()
         };
         let kv = repeat_rows(&kv, copies)?;
         let k = kv.narrow(D::Minus1, 0, h)?;
@@ -562,8 +620,41 @@ impl BertModel {
         adapter: Option<&LayerAdapter>,
         mode: Mode,
     ) -> Result<Tensor> {
+        self.layer_at(index)?
+            .forward_copies(x, copies, cls_only, mask_bias, adapter, mode)
+    }
+
+    /// Layer `index`'s frozen projections of `x` ([`BertLayer::project`]).
+    pub fn project(&self, index: usize, x: &Tensor) -> Result<Tensor> {
+        self.layer_at(index)?.project(x)
+    }
+
+    /// Layer `index`'s projection offset of `v` ([`BertLayer::project_offset`]).
+    pub fn project_offset(&self, index: usize, v: &Tensor) -> Result<Tensor> {
+        self.layer_at(index)?.project_offset(v)
+    }
+
+    /// Runs layer `index` from projections already computed
+    /// ([`BertLayer::forward_projected`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_projected(
+        &self,
+        index: usize,
+        x: &Tensor,
+        qkv: &Tensor,
+        copies: usize,
+        cls_only: bool,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.layer_at(index)?
+            .forward_projected(x, qkv, copies, cls_only, mask_bias, adapter, mode)
+    }
+
+    fn layer_at(&self, index: usize) -> Result<&BertLayer> {
         match self.layers.get(index) {
-            Some(l) => l.forward_copies(x, copies, cls_only, mask_bias, adapter, mode),
+            Some(l) => Ok(l),
             None => candle_core::bail!("layer {index} out of range"),
         }
     }
