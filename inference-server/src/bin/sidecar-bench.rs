@@ -4,7 +4,8 @@
 //! sidecar-bench prompts                 # the benchmark prompts as JSON (for the Python side)
 //! sidecar-bench flops                   # peak f32 matmul GFLOP/s through candle
 //! sidecar-bench forward                # embedding-only forward pass: ms and GFLOP/s
-//! sidecar-bench multitask               # cost(5 tasks + embedding) / cost(embedding); layouts A-C random, S = shipped models/
+//! sidecar-bench multitask [ABCS]        # cost(5 tasks + embedding) / cost(embedding); layouts A-C random, S = shipped models/
+//!                                       # (letters: which layouts to run, default all)
 //! sidecar-bench grpc                    # embeddings/s, p50/p99: batch 1/8/32, 1/8/32 clients
 //! sidecar-bench cache [N]               # memory cache, N (100000) random 384-d entries in one
 //!                                       # partition: fill time, lookup p50/p99, recall@1 vs brute
@@ -120,7 +121,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "flops" => flops(),
-        "multitask" => multitask(),
+        "multitask" => multitask(&std::env::args().nth(2).unwrap_or_else(|| "ABCS".into())),
         "forward" => forward(),
         "grpc" => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -282,7 +283,8 @@ fn forward() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn multitask() -> anyhow::Result<()> {
+/// `which`: the letters of the layouts to run (A–C random, S shipped).
+fn multitask(which: &str) -> anyhow::Result<()> {
     let base = base_dir();
     let tok = Tokenization::load(&base.join("tokenizer.json"), 512)?;
     let dir = std::env::temp_dir().join(format!("vsr-bench-tasks-{}", std::process::id()));
@@ -322,7 +324,8 @@ fn multitask() -> anyhow::Result<()> {
         "| layout | prompt | batch | embedding only (ms) | 5 tasks + embedding (ms) | ratio |"
     );
     println!("|---|---|---:|---:|---:|---:|");
-    for (label, specs) in layouts {
+    let wanted = |label: &str| label.chars().next().is_some_and(|c| which.contains(c));
+    for (label, specs) in layouts.into_iter().filter(|(l, _)| wanted(l)) {
         let _ = std::fs::remove_dir_all(&dir);
         for s in &specs {
             write_random_task(&dir, s, 384, 1536, 6)?;
@@ -331,16 +334,18 @@ fn multitask() -> anyhow::Result<()> {
     }
     // What is shipped: the trained prompt-task heads in models/ (real
     // weights, each with the top_layers / pooling it was trained with).
-    let shipped: Vec<_> = tasks::discover(std::path::Path::new("models"), 6)?
-        .into_iter()
-        .filter(|f| PROMPT_TASKS.contains(&f.spec.name.as_str()))
-        .collect();
-    if shipped.len() == PROMPT_TASKS.len() {
-        time_tasks(&base, &tok, "S", shipped)?;
-    } else {
-        eprintln!(
-            "layout S skipped: models/ lacks some of {PROMPT_TASKS:?} (run from the repo root)"
-        );
+    if wanted("S") {
+        let shipped: Vec<_> = tasks::discover(std::path::Path::new("models"), 6)?
+            .into_iter()
+            .filter(|f| PROMPT_TASKS.contains(&f.spec.name.as_str()))
+            .collect();
+        if shipped.len() == PROMPT_TASKS.len() {
+            time_tasks(&base, &tok, "S", shipped)?;
+        } else {
+            eprintln!(
+                "layout S skipped: models/ lacks some of {PROMPT_TASKS:?} (run from the repo root)"
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
