@@ -165,7 +165,32 @@ fn jailbreak_labels_are_benign_then_jailbreak() {
 async fn shipped_pii_head_finds_names_not_chatter() {
     let (spec, _) = shipped_task("pii");
     assert_eq!(spec["kind"], "token");
-    let s = start(config(&repo_root().join("models"))).await;
+    pii_finds_names_not_chatter(&repo_root().join("models")).await;
+}
+
+/// The same for the opt-in two-layer variant, served from a models
+/// directory that holds it as `pii` (as its card tells users to do).
+#[tokio::test]
+async fn pii_variant_with_two_layers_finds_names_not_chatter() {
+    let variant = repo_root().join("models/variants/pii-2layers");
+    let tmp = tempfile::tempdir().unwrap();
+    let pii = tmp.path().join("pii");
+    std::fs::create_dir(&pii).unwrap();
+    for f in ["task.json", "adapter.safetensors", "model-card.md"] {
+        std::fs::copy(variant.join(f), pii.join(f))
+            .unwrap_or_else(|e| panic!("models/variants/pii-2layers/{f}: {e}"));
+    }
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pii.join("task.json")).unwrap()).unwrap();
+    assert_eq!(
+        (spec["name"].as_str(), spec["top_layers"].as_u64()),
+        (Some("pii"), Some(2))
+    );
+    pii_finds_names_not_chatter(tmp.path()).await;
+}
+
+async fn pii_finds_names_not_chatter(models: &std::path::Path) {
+    let s = start(config(models)).await;
     let c = client(&s).await;
     let spans = |text: &'static str| {
         let mut c = c.clone();
