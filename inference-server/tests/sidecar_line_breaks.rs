@@ -8,7 +8,7 @@
 mod sidecar_common;
 
 use inference_server::sidecar::backend::candle::CandleBackend;
-use inference_server::sidecar::backend::{Backend, Batch, HeadOutput, TaskFiles, Wants};
+use inference_server::sidecar::backend::{Backend, HeadOutput, TaskFiles};
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::TaskKind;
 use inference_server::sidecar::tokenize::Tokenization;
@@ -40,18 +40,7 @@ fn outputs(line_breaks: bool, texts: &[&str]) -> Vec<(Vec<f32>, Vec<f32>)> {
     )
     .unwrap();
     let tok = Tokenization::load(&base.join("tokenizer.json"), 64).unwrap();
-    let enc: Vec<_> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
-    let batch = Batch::from_rows(enc.iter().map(|e| {
-        (
-            &e.ids[..],
-            &e.type_ids[..],
-            &e.line_starts[..],
-            Wants {
-                embedding: true,
-                tasks: vec![0],
-            },
-        )
-    }));
+    let batch = batch_of(&tok, texts, true, &[0]);
     backend
         .forward(&batch)
         .unwrap()

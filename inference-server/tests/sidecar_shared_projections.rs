@@ -9,7 +9,7 @@
 mod sidecar_common;
 
 use inference_server::sidecar::backend::candle::CandleBackend;
-use inference_server::sidecar::backend::{Backend, Batch, HeadOutput, TaskFiles, Wants};
+use inference_server::sidecar::backend::{Backend, HeadOutput, TaskFiles};
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{Pooling, TaskKind};
 use inference_server::sidecar::tokenize::Tokenization;
@@ -28,18 +28,7 @@ fn run(
     embedding: bool,
     tasks: &[usize],
 ) -> Vec<Vec<Vec<f32>>> {
-    let enc: Vec<_> = TEXTS.iter().map(|t| tok.encode(t).unwrap()).collect();
-    let batch = Batch::from_rows(enc.iter().map(|e| {
-        (
-            &e.ids[..],
-            &e.type_ids[..],
-            &e.line_starts[..],
-            Wants {
-                embedding,
-                tasks: tasks.to_vec(),
-            },
-        )
-    }));
+    let batch = batch_of(tok, &TEXTS, embedding, tasks);
     backend
         .forward(&batch)
         .unwrap()

@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
+use inference_server::sidecar::backend::{Batch, Wants};
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
+use inference_server::sidecar::tokenize::Tokenization;
 use inference_server::sidecar::{Sidecar, SidecarConfig};
 use tonic::transport::Channel;
 use vsr_proto::v1::inference_client::InferenceClient;
@@ -204,4 +206,20 @@ pub fn entities(r: &vsr_proto::v1::TaskResult) -> &[vsr_proto::v1::EntitySpan] {
         Some(vsr_proto::v1::task_result::Output::Tokens(t)) => &t.entities,
         other => panic!("task {}: expected a token result, got {other:?}", r.task),
     }
+}
+
+/// One backend batch of `texts`, every row wanting the same outputs.
+pub fn batch_of(tok: &Tokenization, texts: &[&str], embedding: bool, tasks: &[usize]) -> Batch {
+    let enc: Vec<_> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
+    Batch::from_rows(enc.iter().map(|e| {
+        (
+            &e.ids[..],
+            &e.type_ids[..],
+            &e.line_starts[..],
+            Wants {
+                embedding,
+                tasks: tasks.to_vec(),
+            },
+        )
+    }))
 }

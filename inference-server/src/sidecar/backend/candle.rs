@@ -360,15 +360,18 @@ impl CandleBackend {
             || requested
                 .iter()
                 .any(|&t| self.tasks[t].first_layer == layers);
-        let branch_points: BTreeSet<usize> = requested
-            .iter()
-            .map(|&t| self.tasks[t].first_layer)
-            .filter(|&l| l < layers)
-            .collect();
+        // Branch point → how many requested tasks enter there.
+        let mut entering: BTreeMap<usize, usize> = BTreeMap::new();
+        for &t in &requested {
+            let l = self.tasks[t].first_layer;
+            if l < layers {
+                *entering.entry(l).or_default() += 1;
+            }
+        }
         let stop = if need_final {
             layers
         } else {
-            branch_points.iter().copied().max().unwrap_or(0)
+            entering.keys().next_back().copied().unwrap_or(0)
         };
 
         // The hidden state entering each branch point, with that layer's
@@ -378,26 +381,22 @@ impl CandleBackend {
         let mut saved: BTreeMap<usize, (Tensor, Option<Tensor>)> = BTreeMap::new();
         let mut x = self.model.embed(&ids, &types, self.mode)?;
         for i in 0..layers {
-            let entering = requested
-                .iter()
-                .filter(|&&t| self.tasks[t].first_layer == i)
-                .count();
-            let qkv = if entering > 0 && (i < stop || entering > 1) {
-                Some(self.model.project(i, &x)?)
+            let layer = self.model.layer_at(i)?;
+            let here = entering.get(&i).copied().unwrap_or(0);
+            let qkv = if here > 0 && (i < stop || here > 1) {
+                Some(layer.project(&x)?)
             } else {
                 None
             };
-            if entering > 0 {
+            if here > 0 {
                 saved.insert(i, (x.clone(), qkv.clone()));
             }
             if i >= stop {
                 break;
             }
             x = match &qkv {
-                Some(p) => self
-                    .model
-                    .layer_projected(i, &x, p, 1, false, &bias, None, self.mode)?,
-                None => self.model.layer(i, &x, &bias, None, self.mode)?,
+                Some(p) => layer.forward_projected(&x, p, 1, false, &bias, None, self.mode)?,
+                None => layer.forward(&x, &bias, None, self.mode)?,
             };
         }
 
@@ -516,30 +515,15 @@ impl CandleBackend {
         let cls_only = !branch.kind.per_token() && branch.pooling == Pooling::Cls;
         let last = branch.adapters.len().saturating_sub(1);
         for (k, adapter) in branch.adapters.iter().enumerate() {
-            let (index, cls) = (branch.first_layer + k, cls_only && k == last);
-            h = match qkv.filter(|_| k == 0) {
-                Some(p) => self.model.layer_projected(
-                    index,
-                    &h,
-                    p,
-                    branch.members,
-                    cls,
-                    bias,
-                    Some(adapter),
-                    self.mode,
-                )?,
-                None => {
-                    let copies = if k == 0 { branch.members } else { 1 };
-                    self.model.layer_copies(
-                        index,
-                        &h,
-                        copies,
-                        cls,
-                        bias,
-                        Some(adapter),
-                        self.mode,
-                    )?
+            let layer = self.model.layer_at(branch.first_layer + k)?;
+            let cls = cls_only && k == last;
+            let a = Some(adapter);
+            h = match (k, qkv) {
+                (0, Some(p)) => {
+                    layer.forward_projected(&h, p, branch.members, cls, bias, a, self.mode)?
                 }
+                (0, None) => layer.forward_copies(&h, branch.members, cls, bias, a, self.mode)?,
+                _ => layer.forward_copies(&h, 1, cls, bias, a, self.mode)?,
             };
         }
         Ok(h)
@@ -556,7 +540,7 @@ impl CandleBackend {
     ) -> candle_core::Result<Tensor> {
         match &branch.line_break {
             Some(v) => {
-                let offset = self.model.project_offset(branch.first_layer, v)?;
+                let offset = self.model.layer_at(branch.first_layer)?.project_offset(v)?;
                 let flags = line_starts.to_dtype(qkv.dtype())?.unsqueeze(2)?;
                 qkv.broadcast_add(&flags.broadcast_mul(&offset)?)
             }

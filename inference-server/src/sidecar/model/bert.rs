@@ -624,35 +624,9 @@ impl BertModel {
             .forward_copies(x, copies, cls_only, mask_bias, adapter, mode)
     }
 
-    /// Layer `index`'s frozen projections of `x` ([`BertLayer::project`]).
-    pub fn project(&self, index: usize, x: &Tensor) -> Result<Tensor> {
-        self.layer_at(index)?.project(x)
-    }
-
-    /// Layer `index`'s projection offset of `v` ([`BertLayer::project_offset`]).
-    pub fn project_offset(&self, index: usize, v: &Tensor) -> Result<Tensor> {
-        self.layer_at(index)?.project_offset(v)
-    }
-
-    /// Runs layer `index` from projections already computed
-    /// ([`BertLayer::forward_projected`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn layer_projected(
-        &self,
-        index: usize,
-        x: &Tensor,
-        qkv: &Tensor,
-        copies: usize,
-        cls_only: bool,
-        mask_bias: &Tensor,
-        adapter: Option<&LayerAdapter>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        self.layer_at(index)?
-            .forward_projected(x, qkv, copies, cls_only, mask_bias, adapter, mode)
-    }
-
-    fn layer_at(&self, index: usize) -> Result<&BertLayer> {
+    /// Layer `index` (0-based), for callers that drive a layer's pieces
+    /// themselves (shared projections, [`BertLayer::forward_projected`]).
+    pub fn layer_at(&self, index: usize) -> Result<&BertLayer> {
         match self.layers.get(index) {
             Some(l) => Ok(l),
             None => candle_core::bail!("layer {index} out of range"),
