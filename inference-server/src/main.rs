@@ -1,6 +1,12 @@
 //! `vsr`: the router's command-line program.
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc keeps freed tensor memory for the next batch, where glibc
+/// returns it and page-faults fresh zeroed pages back in (docs/BENCHMARKS.md §2).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use inference_server::cli;
 
 #[derive(Parser)]

@@ -89,6 +89,64 @@ fn cls_only_layer_equals_first_row_of_full_layer() {
     );
 }
 
+/// Largest absolute difference of two tensors.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn folded_layer_equals_layer_with_adapter_deltas() {
+    let (m, ids, types, mask) = load();
+    let bias = BertModel::mask_bias(&mask).unwrap();
+    let x = m.embed(&ids, &types, Mode::Inference).unwrap();
+    let layer = m.layer_at(4).unwrap();
+    // Every target, the key and both attention-side ones included.
+    let mut a = adapter(1.0);
+    let lora = |inn: usize, out: usize, seed: f64| Lora {
+        a: (Tensor::randn(0f32, 0.05, (4, inn), &Device::Cpu).unwrap() * seed).unwrap(),
+        b: Tensor::randn(0f32, 0.05, (out, 4), &Device::Cpu).unwrap(),
+        scale: 2.0,
+    };
+    a.key = Some(lora(384, 384, 1.0));
+    a.attention_output = Some(lora(384, 384, 1.0));
+    a.output = Some(lora(1536, 384, 1.0));
+    let with_deltas = layer.forward(&x, &bias, Some(&a), Mode::Inference).unwrap();
+    assert!(
+        max_diff(
+            &with_deltas,
+            &layer.forward(&x, &bias, None, Mode::Inference).unwrap()
+        ) > 1e-3
+    );
+    for keep_projections in [false, true] {
+        let (folded, rest) = layer.folded(&a, keep_projections).unwrap();
+        assert_eq!(rest.query.is_some(), keep_projections);
+        assert!(rest.attention_output.is_none() && rest.intermediate.is_none());
+        let out = folded
+            .forward(&x, &bias, Some(&rest), Mode::Inference)
+            .unwrap();
+        let d = max_diff(&with_deltas, &out);
+        assert!(
+            d < 1e-4,
+            "keep_projections {keep_projections}: max |diff| {d}"
+        );
+        // With the projections kept, the shared (base) ones still fit it.
+        if keep_projections {
+            let p = layer.project(&x).unwrap();
+            let shared = folded
+                .forward_projected(&x, &p, 1, false, &bias, Some(&rest), Mode::Inference)
+                .unwrap();
+            assert!(max_diff(&with_deltas, &shared) < 1e-4);
+        }
+    }
+}
+
 #[test]
 fn train_mode_matches_inference_mode() {
     let (m, ids, types, mask) = load();

@@ -4,8 +4,9 @@
 //! sidecar-bench prompts                 # the benchmark prompts as JSON (for the Python side)
 //! sidecar-bench flops                   # peak f32 matmul GFLOP/s through candle
 //! sidecar-bench forward                # embedding-only forward pass: ms and GFLOP/s
-//! sidecar-bench multitask [ABCS]        # cost(5 tasks + embedding) / cost(embedding); layouts A-C random, S = shipped models/
-//!                                       # (letters: which layouts to run, default all)
+//! sidecar-bench multitask [ABCST]       # cost(5 tasks + embedding) / cost(embedding); layouts A-C random, S = shipped models/
+//!                                       # (letters: which layouts to run, default ABCS; T = each
+//!                                       # shipped task alone with the embedding, its marginal cost)
 //! sidecar-bench grpc                    # embeddings/s, p50/p99: batch 1/8/32, 1/8/32 clients
 //! sidecar-bench cache [N]               # memory cache, N (100000) random 384-d entries in one
 //!                                       # partition: fill time, lookup p50/p99, recall@1 vs brute
@@ -14,6 +15,10 @@
 //! ```
 //! `multitask` uses RANDOM-WEIGHT heads/adapters with the real shapes,
 //! written to a temporary directory: they measure cost, never answer anything.
+
+/// As in `vsr` (src/main.rs), so the numbers are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -334,17 +339,25 @@ fn multitask(which: &str) -> anyhow::Result<()> {
     }
     // What is shipped: the trained prompt-task heads in models/ (real
     // weights, each with the top_layers / pooling it was trained with).
-    if wanted("S") {
+    if wanted("S") || wanted("T") {
         let shipped: Vec<_> = tasks::discover(std::path::Path::new("models"), 6)?
             .into_iter()
             .filter(|f| PROMPT_TASKS.contains(&f.spec.name.as_str()))
             .collect();
-        if shipped.len() == PROMPT_TASKS.len() {
-            time_tasks(&base, &tok, "S", shipped)?;
-        } else {
+        if shipped.len() != PROMPT_TASKS.len() {
             eprintln!(
-                "layout S skipped: models/ lacks some of {PROMPT_TASKS:?} (run from the repo root)"
+                "layouts S, T skipped: models/ lacks some of {PROMPT_TASKS:?} (run from the repo root)"
             );
+        } else {
+            if wanted("T") {
+                // Where the multi-task cost goes: one shipped task at a time.
+                for f in &shipped {
+                    time_tasks(&base, &tok, &format!("T {}", f.spec.name), vec![f.clone()])?;
+                }
+            }
+            if wanted("S") {
+                time_tasks(&base, &tok, "S", shipped)?;
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -17,7 +17,8 @@ use super::{
     Backend, BackendError, BackendInfo, Batch, HeadOutput, SequenceOutput, TaskFiles, TaskId,
 };
 use crate::sidecar::model::bert::{
-    cls_pool, l2_normalize, mean_pool, repeat_rows, BertConfig, BertModel, LayerAdapter, Mode,
+    cls_pool, l2_normalize, mean_pool, repeat_rows, BertConfig, BertLayer, BertModel, LayerAdapter,
+    Lora, Mode,
 };
 use crate::sidecar::tasks::{member_prefix, Activation, Pooling, TaskKind, TaskSpec, ADAPTER_FILE};
 
@@ -159,6 +160,10 @@ pub struct TaskBranch {
     /// `[h]`, added to the branch input at line-start tokens
     /// (`TaskSpec::line_breaks`).
     pub line_break: Option<Tensor>,
+    /// Per re-run layer: a copy of the base layer with the adapter folded
+    /// into its weights ([`TaskBranch::fold`]; `adapters` then holds what
+    /// is left), or `None` to run the base layer with the whole adapter.
+    pub folded: Vec<Option<BertLayer>>,
 }
 
 impl TaskBranch {
@@ -188,12 +193,38 @@ impl TaskBranch {
             kind: spec.kind,
             pooling: spec.pooling,
             first_layer,
-            adapters,
             head: Head::load(spec, spec.head.input_width(cfg.hidden_size), vb)?,
             with_embedding: spec.head.with_embedding,
             members: 1,
+            folded: vec![None; adapters.len()],
+            adapters,
             line_break,
         })
+    }
+
+    /// For serving: folds the adapters of every re-run layer that runs
+    /// over all tokens into a copy of that layer's weights, so it costs what
+    /// a base layer costs (a token head's layers, say) instead of adding
+    /// per-token LoRA deltas. The first layer keeps query, key and value
+    /// unfolded, to take the projections the trunk shares. A CLS-pooled top
+    /// layer runs one row and an ensemble's adapters are stacked: both are
+    /// left as they are (folding would only add weights).
+    pub fn fold(mut self, model: &BertModel) -> candle_core::Result<Self> {
+        if self.members != 1 {
+            return Ok(self);
+        }
+        let cls_only = !self.kind.per_token() && self.pooling == Pooling::Cls;
+        let last = self.adapters.len().saturating_sub(1);
+        for k in 0..self.adapters.len() {
+            if cls_only && k == last {
+                continue;
+            }
+            let base = model.layer_at(self.first_layer + k)?;
+            let (layer, rest) = base.folded(&self.adapters[k], k == 0)?;
+            self.folded[k] = Some(layer);
+            self.adapters[k] = rest;
+        }
+        Ok(self)
     }
 
     /// One branch running `members` (branches of one spec) as one batch:
@@ -267,6 +298,9 @@ pub fn shared_embedding(sentence: &Tensor) -> candle_core::Result<Tensor> {
 pub struct CandleBackend {
     model: BertModel,
     tasks: Vec<TaskBranch>,
+    /// The `[CLS]`-pooled last-layer branches run as one, when a batch asks
+    /// all of them for the same rows ([`ClsGroup`]).
+    cls_group: Option<ClsGroup>,
     device: Device,
     mode: Mode,
 }
@@ -318,12 +352,16 @@ impl CandleBackend {
                 .collect::<Result<Vec<_>, _>>()?;
             branches.push(
                 TaskBranch::stack(&members)
+                    .and_then(|b| b.fold(&model))
                     .map_err(|e| BackendError::Load(format!("{what}: {e}")))?,
             );
         }
+        let cls_group = ClsGroup::build(&branches, &model.config)
+            .map_err(load_err("stacking the CLS-pooled tasks"))?;
         Ok(Self {
             model,
             tasks: branches,
+            cls_group,
             device,
             mode: Mode::Inference,
         })
@@ -419,19 +457,64 @@ impl CandleBackend {
             }
         }
 
-        for &t in &requested {
-            let branch = &self.tasks[t];
-            let rows: Vec<u32> = (0..n as u32)
+        let rows_of = |t: TaskId| -> Vec<u32> {
+            (0..n as u32)
                 .filter(|&r| batch.wants[r as usize].tasks.contains(&t))
-                .collect();
+                .collect()
+        };
+        // The CLS group, when every task of it is asked for the same rows.
+        let mut done: BTreeSet<TaskId> = BTreeSet::new();
+        if let Some(g) = &self.cls_group {
+            let rows = g
+                .tasks
+                .first()
+                .map(|&(t, ..)| rows_of(t))
+                .unwrap_or_default();
+            if !rows.is_empty() && g.tasks.iter().all(|&(t, ..)| rows_of(t) == rows) {
+                let (start, qkv) = match saved.get(&(layers - 1)) {
+                    Some((h, qkv)) => (h, qkv.as_ref()),
+                    None => (&x, None),
+                };
+                let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
+                let pick = |t: &Tensor| -> candle_core::Result<Tensor> {
+                    if rows.len() == n {
+                        Ok(t.clone())
+                    } else {
+                        t.index_select(&idx, 0)
+                    }
+                };
+                let (h, b) = (pick(start)?, repeat_rows(&pick(&bias)?, g.members)?);
+                let layer = self.model.layer_at(layers - 1)?;
+                let a = Some(&g.adapter);
+                let cls = match qkv {
+                    Some(p) => {
+                        layer.forward_projected(&h, &pick(p)?, g.members, true, &b, a, self.mode)?
+                    }
+                    None => layer.forward_copies(&h, g.members, true, &b, a, self.mode)?,
+                };
+                let e = shared.as_ref().map(pick).transpose()?;
+                let r = rows.len();
+                for &(t, first, k) in &g.tasks {
+                    let part = cls.narrow(0, first * r, k * r)?;
+                    self.sequence_outputs(t, &cls_pool(&part)?, e.as_ref(), &rows, &mut out)?;
+                    done.insert(t);
+                }
+            }
+        }
+
+        for &t in requested.difference(&done) {
+            let branch = &self.tasks[t];
+            let rows = rows_of(t);
             let (start, qkv) = match saved.get(&branch.first_layer) {
                 Some((h, qkv)) => (h, qkv.as_ref()),
                 None => (&x, None),
             };
             let shared = shared.as_ref().filter(|_| branch.with_embedding);
+            // No line starts in the batch (one-line prompts): nothing to add.
             let lines = branch
                 .line_break
                 .as_ref()
+                .filter(|_| batch.line_starts.iter().any(|&f| f != 0))
                 .map(|_| Tensor::from_slice(&batch.line_starts, (n, s), dev))
                 .transpose()?;
             let (h, qkv, m, b, e, lines) = if rows.len() == n {
@@ -486,17 +569,34 @@ impl CandleBackend {
                     Pooling::Mean => mean_pool(&h, &repeat_rows(&m, k)?)?,
                     Pooling::Cls => cls_pool(&h)?,
                 };
-                let e = e.map(|e| repeat_rows(&e, k)).transpose()?;
-                let mut logits = branch.classify(&pooled, e.as_ref())?;
-                if k > 1 {
-                    logits = ensemble_logits(&logits, k)?;
-                }
-                for (&r, l) in rows.iter().zip(logits.to_vec2::<f32>()?) {
-                    out[r as usize].heads.push((t, HeadOutput::Sequence(l)));
-                }
+                self.sequence_outputs(t, &pooled, e.as_ref(), &rows, &mut out)?;
             }
         }
         Ok(out)
+    }
+
+    /// Task `t`'s head over its pooled branch output `[members·r, h]` (row
+    /// group j from member j) for `rows`, whose shared embedding is `e`
+    /// `[r, h]`: one answer per row into `out`, members averaged.
+    fn sequence_outputs(
+        &self,
+        t: TaskId,
+        pooled: &Tensor,
+        e: Option<&Tensor>,
+        rows: &[u32],
+        out: &mut [SequenceOutput],
+    ) -> candle_core::Result<()> {
+        let branch = &self.tasks[t];
+        let k = branch.members;
+        let e = e.map(|e| repeat_rows(e, k)).transpose()?;
+        let mut logits = branch.classify(pooled, e.as_ref())?;
+        if k > 1 {
+            logits = ensemble_logits(&logits, k)?;
+        }
+        for (&r, l) in rows.iter().zip(logits.to_vec2::<f32>()?) {
+            out[r as usize].heads.push((t, HeadOutput::Sequence(l)));
+        }
+        Ok(())
     }
 
     /// Runs `branch`'s re-run layers (with its adapters) over `h`, the
@@ -515,7 +615,10 @@ impl CandleBackend {
         let cls_only = !branch.kind.per_token() && branch.pooling == Pooling::Cls;
         let last = branch.adapters.len().saturating_sub(1);
         for (k, adapter) in branch.adapters.iter().enumerate() {
-            let layer = self.model.layer_at(branch.first_layer + k)?;
+            let layer = match &branch.folded[k] {
+                Some(l) => l,
+                None => self.model.layer_at(branch.first_layer + k)?,
+            };
             let cls = cls_only && k == last;
             let a = Some(adapter);
             h = match (k, qkv) {
@@ -547,6 +650,143 @@ impl CandleBackend {
             None => Ok(qkv),
         }
     }
+}
+
+// === impl ClsGroup ===
+
+/// The tasks whose branch is the last layer for `[CLS]` only (the shipped
+/// prompt tasks), stacked into one branch: all their members attend as
+/// query positions of one [`BertLayer`] pass. At batch 1 a branch costs
+/// mostly the fixed cost of its ~40 small operations, which the group pays
+/// once instead of once per task.
+struct ClsGroup {
+    /// (task, its first member in the stack, its members), in stack order.
+    tasks: Vec<(TaskId, usize, usize)>,
+    /// Every member's adapter stacked: targets united (zeros where a member
+    /// has none), ranks padded with zeros to the largest, scale folded in.
+    adapter: LayerAdapter,
+    members: usize,
+}
+
+impl ClsGroup {
+    /// The group of `branches` that re-run only the last of `layers` for
+    /// `[CLS]`, without a key adapter (keys are shared) or line-break vector;
+    /// `None` for fewer than two (or no adapters at all).
+    fn build(branches: &[TaskBranch], cfg: &BertConfig) -> candle_core::Result<Option<Self>> {
+        let layers = cfg.num_hidden_layers;
+        let eligible: Vec<TaskId> = (0..branches.len())
+            .filter(|&t| {
+                let b = &branches[t];
+                !b.kind.per_token()
+                    && b.pooling == Pooling::Cls
+                    && b.first_layer + 1 == layers
+                    && b.adapters.len() == 1
+                    && b.adapters[0].key.is_none()
+                    && b.line_break.is_none()
+            })
+            .collect();
+        if eligible.len() < 2 {
+            return Ok(None);
+        }
+        let adapters: Vec<&LayerAdapter> =
+            eligible.iter().map(|&t| &branches[t].adapters[0]).collect();
+        let mut tasks = Vec::new();
+        let mut members = 0;
+        for &t in &eligible {
+            tasks.push((t, members, branches[t].members));
+            members += branches[t].members;
+        }
+        let rank = adapters
+            .iter()
+            .flat_map(|a| {
+                [
+                    &a.query,
+                    &a.value,
+                    &a.attention_output,
+                    &a.intermediate,
+                    &a.output,
+                ]
+                .into_iter()
+                .flatten()
+                .map(|l| l.a.dim(l.a.rank() - 2))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        if rank == 0 {
+            return Ok(None);
+        }
+        let counts: Vec<usize> = eligible.iter().map(|&t| branches[t].members).collect();
+        let dev = branches[eligible[0]].head.out.weight().device().clone();
+        let slot = |get: fn(&LayerAdapter) -> Option<&Lora>,
+                    inn: usize,
+                    out: usize|
+         -> candle_core::Result<Option<Lora>> {
+            if adapters.iter().all(|a| get(a).is_none()) {
+                return Ok(None);
+            }
+            let (mut a_all, mut b_all) = (Vec::new(), Vec::new());
+            for (a, &m) in adapters.iter().zip(&counts) {
+                let (la, lb) = match get(a) {
+                    Some(l) => stacked_padded(l, m, rank)?,
+                    None => (
+                        Tensor::zeros((m, rank, inn), DType::F32, &dev)?,
+                        Tensor::zeros((m, out, rank), DType::F32, &dev)?,
+                    ),
+                };
+                a_all.push(la);
+                b_all.push(lb);
+            }
+            Ok(Some(Lora {
+                a: Tensor::cat(&a_all, 0)?,
+                b: Tensor::cat(&b_all, 0)?,
+                scale: 1.0,
+            }))
+        };
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let adapter = LayerAdapter {
+            query: slot(|a| a.query.as_ref(), h, h)?,
+            key: None,
+            value: slot(|a| a.value.as_ref(), h, h)?,
+            attention_output: slot(|a| a.attention_output.as_ref(), h, h)?,
+            intermediate: slot(|a| a.intermediate.as_ref(), h, i)?,
+            output: slot(|a| a.output.as_ref(), i, h)?,
+        };
+        Ok(Some(Self {
+            tasks,
+            adapter,
+            members,
+        }))
+    }
+}
+
+/// `l` as `[m, rank, in]` and `[m, out, rank]` (a one-member adapter gets
+/// the member axis), its rank padded with zeros and its scale folded into B.
+fn stacked_padded(l: &Lora, m: usize, rank: usize) -> candle_core::Result<(Tensor, Tensor)> {
+    let (a, b) = if l.a.rank() == 2 {
+        (l.a.unsqueeze(0)?, l.b.unsqueeze(0)?)
+    } else {
+        (l.a.clone(), l.b.clone())
+    };
+    let (_, r, inn) = a.dims3()?;
+    let out = b.dim(1)?;
+    let b = (b.to_dtype(DType::F32)? * l.scale)?;
+    let a = a.to_dtype(DType::F32)?;
+    if r == rank {
+        return Ok((a, b));
+    }
+    let dev = a.device().clone();
+    Ok((
+        Tensor::cat(
+            &[a, Tensor::zeros((m, rank - r, inn), DType::F32, &dev)?],
+            1,
+        )?,
+        Tensor::cat(
+            &[b, Tensor::zeros((m, out, rank - r), DType::F32, &dev)?],
+            2,
+        )?,
+    ))
 }
 
 /// An ensemble's logits `[b, labels]` from its `k` members' `[k·b, labels]`

@@ -219,6 +219,22 @@ impl LayerAdapter {
         Ok(a)
     }
 
+    /// How many members are stacked in it (1 for a plain or empty adapter).
+    pub fn members(&self) -> usize {
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attention_output,
+            &self.intermediate,
+            &self.output,
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .map_or(1, |l| if l.a.rank() == 3 { l.a.dims()[0] } else { 1 })
+    }
+
     /// One adapter whose LoRA matrices stack those of `members` (same
     /// targets, rank and scale), for running an ensemble's members as one
     /// batch: fewer, larger operations than one pass per member.
@@ -377,6 +393,74 @@ impl BertLayer {
         self.qkv.forward(x)
     }
 
+    /// This layer with `adapter`'s LoRA folded into its weights
+    /// (`W + scale·B·A`), and what is left of the adapter to run as deltas.
+    /// Serving only: a folded layer costs exactly a base layer, where the
+    /// deltas add two small matmuls, a scale and an add per target over
+    /// every token. `keep_projections` leaves query, key and value unfolded
+    /// (and their deltas in the returned adapter), so the layer can still
+    /// take the frozen projections the trunk shares. Stacked (ensemble)
+    /// adapters cannot be folded into one weight.
+    pub fn folded(
+        &self,
+        adapter: &LayerAdapter,
+        keep_projections: bool,
+    ) -> Result<(BertLayer, LayerAdapter)> {
+        let fold = |l: &Linear, lora: Option<&Lora>| -> Result<Linear> {
+            match lora {
+                None => Ok(l.clone()),
+                Some(lora) if lora.a.rank() != 2 => {
+                    candle_core::bail!("a stacked (ensemble) adapter cannot be folded")
+                }
+                Some(lora) => {
+                    let w = (l.weight() + (lora.b.matmul(&lora.a)? * lora.scale)?)?;
+                    Ok(Linear::new(w, l.bias().cloned()))
+                }
+            }
+        };
+        let mut layer = self.clone();
+        let mut rest = LayerAdapter::default();
+        if keep_projections {
+            rest.query = adapter.query.clone();
+            rest.key = adapter.key.clone();
+            rest.value = adapter.value.clone();
+        } else if adapter.query.is_some() || adapter.key.is_some() || adapter.value.is_some() {
+            let h = self.q.weight().dim(0)?;
+            let q = fold(&self.q, adapter.query.as_ref())?;
+            let k = fold(
+                &Linear::new(
+                    self.kv.weight().narrow(0, 0, h)?,
+                    self.kv.bias().map(|b| b.narrow(0, 0, h)).transpose()?,
+                ),
+                adapter.key.as_ref(),
+            )?;
+            let v = fold(
+                &Linear::new(
+                    self.kv.weight().narrow(0, h, h)?,
+                    self.kv.bias().map(|b| b.narrow(0, h, h)).transpose()?,
+                ),
+                adapter.value.as_ref(),
+            )?;
+            let cat = |parts: &[&Linear]| -> Result<Linear> {
+                let w: Vec<&Tensor> = parts.iter().map(|l| l.weight()).collect();
+                let b = parts
+                    .iter()
+                    .map(|l| l.bias().cloned())
+                    .collect::<Option<Vec<_>>>()
+                    .map(|b| Tensor::cat(&b, 0))
+                    .transpose()?;
+                Ok(Linear::new(Tensor::cat(&w, 0)?.contiguous()?, b))
+            };
+            layer.qkv = cat(&[&q, &k, &v])?;
+            layer.kv = cat(&[&k, &v])?;
+            layer.q = q;
+        }
+        layer.attention_output = fold(&self.attention_output, adapter.attention_output.as_ref())?;
+        layer.intermediate = fold(&self.intermediate, adapter.intermediate.as_ref())?;
+        layer.output = fold(&self.output, adapter.output.as_ref())?;
+        Ok((layer, rest))
+    }
+
     /// `v · Wᵀ` for the fused projection without its bias: `[h]` → `[3h]`.
     /// The projections of `x + v` are `project(x)` plus this, which lets a
     /// branch that adds a vector to its input (line breaks) still share them.
@@ -419,6 +503,15 @@ impl BertLayer {
         mode: Mode,
     ) -> Result<Tensor> {
         let h = x.dim(2)?;
+        // The shared-key path needs every copy to read the same rows: true
+        // when the copies are the members of the adapter (a later layer of
+        // a stacked branch already holds one set of rows per member).
+        if cls_only
+            && mode == Mode::Inference
+            && adapter.is_none_or(|a| a.key.is_none() && a.members() == copies)
+        {
+            return self.attend_cls(x, q, kv, copies, mask_bias, adapter);
+        }
         let xq = if cls_only {
             x.narrow(1, 0, 1)?.contiguous()?
         } else {
@@ -476,8 +569,63 @@ impl BertLayer {
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask_bias)?;
         let probs = softmax(&scores, mode)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, sq, h))?;
+        self.after_attention(xq, &ctx, adapter, mode)
+    }
+
+    /// The `[CLS]`-only layer for `copies` stacked members (or one) without
+    /// copying the keys and values per member: the frozen keys are the same
+    /// for all, so the members' queries attend as `copies` query positions of
+    /// each row, and a value adapter adds `((P·X·Aᵀ)·Bᵀ)·scale` through its
+    /// rank-r factors instead of a `[b, s, h]` delta per member. Same result
+    /// as the general path; `mask_bias` covers the copies, `q` is `[b, 1, h]`.
+    fn attend_cls(
+        &self,
+        x: &Tensor,
+        q: Tensor,
+        kv: Tensor,
+        copies: usize,
+        mask_bias: &Tensor,
+        adapter: Option<&LayerAdapter>,
+    ) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let (nh, d, c) = (self.heads, self.head_dim, copies);
+        let xq = repeat_rows(&x.narrow(1, 0, 1)?.contiguous()?, c)?;
+        let mut q = repeat_rows(&q.contiguous()?, c)?;
+        if let Some(l) = adapter.and_then(|a| a.query.as_ref()) {
+            q = (q + l.delta(&xq)?)?;
+        }
+        // [c·b, 1, h] → [b, heads, c, d]: member j is query position j.
+        let q = q
+            .reshape((c, b, nh, d))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?;
+        let heads = |t: Tensor| -> Result<Tensor> {
+            t.reshape((b, s, nh, d))?.transpose(1, 2)?.contiguous()
+        };
+        let k = heads(kv.narrow(D::Minus1, 0, h)?)?;
+        let v = heads(kv.narrow(D::Minus1, h, h)?)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask_bias.narrow(0, 0, b)?)?;
+        let probs = softmax(&scores, Mode::Inference)?; // [b, heads, c, s]
+        let mut ctx = probs.matmul(&v)?; // [b, heads, c, d]
+        if let Some(l) = adapter.and_then(|a| a.value.as_ref()) {
+            ctx = (ctx + value_delta_attended(x, &probs, l, nh)?)?;
+        }
+        let ctx = ctx.permute((2, 0, 1, 3))?.reshape((c * b, 1, h))?;
+        self.after_attention(&xq, &ctx, adapter, Mode::Inference)
+    }
+
+    /// Attention output, residual and norm, then the feed-forward block:
+    /// `ctx` (attention context) and `xq` (the rows it belongs to) `[b, sq, h]`.
+    fn after_attention(
+        &self,
+        xq: &Tensor,
+        ctx: &Tensor,
+        adapter: Option<&LayerAdapter>,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let attn = linear(
-            &ctx,
+            ctx,
             &self.attention_output,
             adapter.and_then(|a| a.attention_output.as_ref()),
         )?;
@@ -495,6 +643,35 @@ impl BertLayer {
         )?;
         self.output_norm.forward(&(out + x)?, mode)
     }
+}
+
+/// What a value adapter adds to attention contexts: `probs` `[b, heads, c,
+/// s]` (c query positions, one per stacked member) times that member's
+/// value delta `X·Aᵀ·Bᵀ·scale`, computed as `((P·(X·Aᵀ))·Bᵀ)·scale` so no
+/// `[b, s, h]` delta is made: `[b, heads, c, d]`.
+fn value_delta_attended(x: &Tensor, probs: &Tensor, l: &Lora, heads: usize) -> Result<Tensor> {
+    let (b, s, h) = x.dims3()?;
+    let c = probs.dim(2)?;
+    let (a, bm) = if l.a.rank() == 2 {
+        (l.a.unsqueeze(0)?, l.b.unsqueeze(0)?)
+    } else {
+        (l.a.clone(), l.b.clone())
+    };
+    let r = a.dim(1)?;
+    // Each member's X·Aᵀ in one matmul: [b·s, c·r] → [b, c, s, r].
+    let u = x
+        .reshape((b * s, h))?
+        .matmul(&a.reshape((c * r, h))?.t()?)?
+        .reshape((b, s, c, r))?
+        .permute((0, 2, 1, 3))?
+        .contiguous()?;
+    let y = probs.permute((0, 2, 1, 3))?.contiguous()?.matmul(&u)?; // [b, c, heads, r]
+    let y = y.permute((1, 2, 0, 3))?.contiguous()?; // [c, heads, b, r]
+    let bt = bm
+        .reshape((c, heads, h / heads, r))?
+        .transpose(2, 3)?
+        .contiguous()?; // [c, heads, r, d]
+    (y.matmul(&bt)? * l.scale)?.permute((2, 1, 0, 3)) // [b, heads, c, d]
 }
 
 // === impl BertModel ===
