@@ -165,26 +165,28 @@ fn jailbreak_labels_are_benign_then_jailbreak() {
 async fn shipped_pii_head_finds_names_not_chatter() {
     let (spec, _) = shipped_task("pii");
     assert_eq!(spec["kind"], "token");
+    assert_eq!(spec["top_layers"], 2);
     pii_finds_names_not_chatter(&repo_root().join("models")).await;
 }
 
-/// The same for the opt-in two-layer variant, served from a models
-/// directory that holds it as `pii` (as its card tells users to do).
+/// The same for the one-layer variant (the default until session 18),
+/// served from a models directory that holds it as `pii` (as its card
+/// tells users to do).
 #[tokio::test]
-async fn pii_variant_with_two_layers_finds_names_not_chatter() {
-    let variant = repo_root().join("models/variants/pii-2layers");
+async fn pii_variant_with_one_layer_finds_names_not_chatter() {
+    let variant = repo_root().join("models/variants/pii-1layer");
     let tmp = tempfile::tempdir().unwrap();
     let pii = tmp.path().join("pii");
     std::fs::create_dir(&pii).unwrap();
     for f in ["task.json", "adapter.safetensors", "model-card.md"] {
         std::fs::copy(variant.join(f), pii.join(f))
-            .unwrap_or_else(|e| panic!("models/variants/pii-2layers/{f}: {e}"));
+            .unwrap_or_else(|e| panic!("models/variants/pii-1layer/{f}: {e}"));
     }
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(pii.join("task.json")).unwrap()).unwrap();
     assert_eq!(
         (spec["name"].as_str(), spec["top_layers"].as_u64()),
-        (Some("pii"), Some(2))
+        (Some("pii"), Some(1))
     );
     pii_finds_names_not_chatter(tmp.path()).await;
 }
