@@ -12,7 +12,7 @@ mod sidecar_common;
 use std::path::Path;
 
 use inference_server::sidecar::backend::candle::CandleBackend;
-use inference_server::sidecar::backend::{Backend, Batch, HeadOutput, TaskFiles, Wants};
+use inference_server::sidecar::backend::{Backend, Batch, TaskFiles, Wants};
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{
     write_task, HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec,
@@ -90,20 +90,7 @@ fn run(
             },
         )
     }));
-    backend
-        .forward(&batch)
-        .unwrap()
-        .into_iter()
-        .map(|o| {
-            o.heads
-                .into_iter()
-                .map(|(t, h)| match h {
-                    HeadOutput::Sequence(l) => (t, l),
-                    HeadOutput::Tokens { logits, .. } => (t, logits),
-                })
-                .collect()
-        })
-        .collect()
+    head_logits(backend.forward(&batch).unwrap())
 }
 
 #[test]

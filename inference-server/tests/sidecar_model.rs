@@ -45,6 +45,18 @@ fn adapter(seed: f64) -> LayerAdapter {
     }
 }
 
+/// Largest absolute difference of two tensors.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn cls_only_layer_equals_first_row_of_full_layer() {
     let (m, ids, types, mask) = load();
@@ -62,43 +74,14 @@ fn cls_only_layer_equals_first_row_of_full_layer() {
     let cls = m
         .layer_cls(5, &x, &bias, Some(&a), Mode::Inference)
         .unwrap();
-    let d = (full - cls)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_diff(&full, &cls);
     assert!(d < 1e-5, "max |diff| {d}");
     // The adapter does change the output (the test would be vacuous otherwise).
     let plain = m.layer_cls(5, &x, &bias, None, Mode::Inference).unwrap();
     let a2 = m
         .layer_cls(5, &x, &bias, Some(&a), Mode::Inference)
         .unwrap();
-    assert!(
-        (plain - a2)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 1e-4
-    );
-}
-
-/// Largest absolute difference of two tensors.
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    assert!(max_diff(&plain, &a2) > 1e-4);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 mod sidecar_common;
 
 use inference_server::sidecar::backend::candle::CandleBackend;
-use inference_server::sidecar::backend::{Backend, HeadOutput, TaskFiles};
+use inference_server::sidecar::backend::{Backend, TaskFiles};
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{Pooling, TaskKind};
 use inference_server::sidecar::tokenize::Tokenization;
@@ -29,19 +29,9 @@ fn run(
     tasks: &[usize],
 ) -> Vec<Vec<Vec<f32>>> {
     let batch = batch_of(tok, &TEXTS, embedding, tasks);
-    backend
-        .forward(&batch)
-        .unwrap()
+    head_logits(backend.forward(&batch).unwrap())
         .into_iter()
-        .map(|o| {
-            o.heads
-                .into_iter()
-                .map(|(_, h)| match h {
-                    HeadOutput::Sequence(l) => l,
-                    HeadOutput::Tokens { logits, .. } => logits,
-                })
-                .collect()
-        })
+        .map(|row| row.into_iter().map(|(_, l)| l).collect())
         .collect()
 }
 

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use inference_server::sidecar::backend::{Batch, Wants};
+use inference_server::sidecar::backend::{Batch, HeadOutput, SequenceOutput, Wants};
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
 use inference_server::sidecar::tokenize::Tokenization;
@@ -222,4 +222,20 @@ pub fn batch_of(tok: &Tokenization, texts: &[&str], embedding: bool, tasks: &[us
             },
         )
     }))
+}
+
+/// Every row's head outputs as (task id, logits), in the order the
+/// backend gave them (token heads: all tokens' logits flattened).
+pub fn head_logits(out: Vec<SequenceOutput>) -> Vec<Vec<(usize, Vec<f32>)>> {
+    out.into_iter()
+        .map(|o| {
+            o.heads
+                .into_iter()
+                .map(|(t, h)| match h {
+                    HeadOutput::Sequence(l) => (t, l),
+                    HeadOutput::Tokens { logits, .. } => (t, logits),
+                })
+                .collect()
+        })
+        .collect()
 }
