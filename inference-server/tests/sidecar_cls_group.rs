@@ -1,9 +1,9 @@
 //! The `[CLS]`-pooled last-layer tasks run as one stacked branch when a
-//! batch asks all of them for the same rows (`ClsGroup` in the candle
+//! batch asks two or more of them, all for the same rows (`ClsGroup` in the candle
 //! backend): their LoRA targets are united with zeros and their ranks
 //! padded. Each task's answer must be what it gives asked alone (its own
 //! branch pass), with an ensemble and a token task beside them, over all
-//! rows or a subset.
+//! rows or a subset, and with one of them not asked.
 
 #![allow(clippy::unwrap_used)]
 
@@ -149,6 +149,10 @@ fn grouped_cls_tasks_answer_as_each_alone() {
     let together = run(&backend, &tok, &vec![all.clone(); TEXTS.len()]);
     // Row 0 asks nothing: the group runs over rows 1 and 2.
     let subset = run(&backend, &tok, &[vec![], all.clone(), all.clone()]);
+    // Two of the three CLS tasks (and the token task): the group runs, the
+    // members of the task not asked are not read.
+    let some = vec![0, 2, 3];
+    let partial = run(&backend, &tok, &vec![some.clone(); TEXTS.len()]);
     let mut tasks_differ = 0f32;
     for row in 0..TEXTS.len() {
         for (t, alone_t) in alone.iter().enumerate() {
@@ -161,8 +165,20 @@ fn grouped_cls_tasks_answer_as_each_alone() {
                 let d = max_abs_diff(reference, &find(&subset[row]));
                 assert!(d < 1e-4, "task {t}, row {row} of a subset: differs by {d}");
             }
+            if some.contains(&t) {
+                let d = max_abs_diff(reference, &find(&partial[row]));
+                assert!(
+                    d < 1e-4,
+                    "task {t}, row {row}, some tasks asked: differs by {d}"
+                );
+            }
         }
         assert!(subset[0].is_empty());
+        assert_eq!(
+            partial[row].len(),
+            some.len(),
+            "only the tasks asked answer"
+        );
         // The three CLS tasks answer differently (so a mix-up of their
         // places in the stack would show).
         tasks_differ = tasks_differ.max(max_abs_diff(&alone[0][row][0].1, &alone[1][row][0].1));

@@ -299,7 +299,7 @@ pub struct CandleBackend {
     model: BertModel,
     tasks: Vec<TaskBranch>,
     /// The `[CLS]`-pooled last-layer branches run as one, when a batch asks
-    /// all of them for the same rows ([`ClsGroup`]).
+    /// two or more of them, all for the same rows ([`ClsGroup`]).
     cls_group: Option<ClsGroup>,
     device: Device,
     mode: Mode,
@@ -462,15 +462,19 @@ impl CandleBackend {
                 .filter(|&r| batch.wants[r as usize].tasks.contains(&t))
                 .collect()
         };
-        // The CLS group, when every task of it is asked for the same rows.
+        // The CLS group, when two or more of its tasks are asked, all for the
+        // same rows. Members of its tasks not asked run too (a `[CLS]` row
+        // each: cheaper than a second branch pass) and are not read.
         let mut done: BTreeSet<TaskId> = BTreeSet::new();
         if let Some(g) = &self.cls_group {
-            let rows = g
+            let asked: Vec<(TaskId, usize, usize)> = g
                 .tasks
-                .first()
-                .map(|&(t, ..)| rows_of(t))
-                .unwrap_or_default();
-            if !rows.is_empty() && g.tasks.iter().all(|&(t, ..)| rows_of(t) == rows) {
+                .iter()
+                .filter(|(t, ..)| requested.contains(t))
+                .copied()
+                .collect();
+            let rows = asked.first().map(|&(t, ..)| rows_of(t)).unwrap_or_default();
+            if asked.len() >= 2 && asked.iter().all(|&(t, ..)| rows_of(t) == rows) {
                 let (start, qkv) = match saved.get(&(layers - 1)) {
                     Some((h, qkv)) => (h, qkv.as_ref()),
                     None => (&x, None),
@@ -494,7 +498,7 @@ impl CandleBackend {
                 };
                 let e = shared.as_ref().map(pick).transpose()?;
                 let r = rows.len();
-                for &(t, first, k) in &g.tasks {
+                for &(t, first, k) in &asked {
                     let part = cls.narrow(0, first * r, k * r)?;
                     self.sequence_outputs(t, &cls_pool(&part)?, e.as_ref(), &rows, &mut out)?;
                     done.insert(t);
