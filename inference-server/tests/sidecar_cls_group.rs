@@ -12,7 +12,7 @@ mod sidecar_common;
 use std::path::Path;
 
 use inference_server::sidecar::backend::candle::CandleBackend;
-use inference_server::sidecar::backend::{Backend, Batch, TaskFiles, Wants};
+use inference_server::sidecar::backend::{Backend, Wants};
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{
     write_task, HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec,
@@ -78,19 +78,14 @@ fn run(
     tok: &Tokenization,
     wants: &[Vec<usize>],
 ) -> Vec<Vec<(usize, Vec<f32>)>> {
-    let enc: Vec<_> = TEXTS.iter().map(|t| tok.encode(t).unwrap()).collect();
-    let batch = Batch::from_rows(enc.iter().zip(wants).map(|(e, w)| {
-        (
-            &e.ids[..],
-            &e.type_ids[..],
-            &e.line_starts[..],
-            Wants {
-                embedding: true,
-                tasks: w.clone(),
-            },
-        )
-    }));
-    head_logits(backend.forward(&batch).unwrap())
+    let wants: Vec<Wants> = wants
+        .iter()
+        .map(|w| Wants {
+            embedding: true,
+            tasks: w.clone(),
+        })
+        .collect();
+    head_logits(backend.forward(&batch_with(tok, &TEXTS, &wants)).unwrap())
 }
 
 #[test]
@@ -130,19 +125,11 @@ fn grouped_cls_tasks_answer_as_each_alone() {
         write_random_task(dir.path(), s, 384, 1536, 6).unwrap();
     }
     specs.push(ensemble_task(dir.path()));
-    let files: Vec<TaskFiles> = specs
-        .into_iter()
-        .map(|spec| TaskFiles {
-            dir: dir.path().join(&spec.name),
-            spec,
-        })
-        .collect();
-    let base = base_model();
-    let backend = CandleBackend::load(&base, &files, candle_core::Device::Cpu).unwrap();
-    let tok = Tokenization::load(&base.join("tokenizer.json"), 64).unwrap();
+    let tasks = specs.len();
+    let (backend, tok) = backend_of(dir.path(), specs);
 
-    let all: Vec<usize> = (0..files.len()).collect();
-    let alone: Vec<_> = (0..files.len())
+    let all: Vec<usize> = (0..tasks).collect();
+    let alone: Vec<_> = (0..tasks)
         .map(|t| run(&backend, &tok, &vec![vec![t]; TEXTS.len()]))
         .collect();
     // Every row asks every task: the group runs over all rows.

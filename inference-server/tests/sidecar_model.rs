@@ -135,14 +135,7 @@ fn train_mode_matches_inference_mode() {
     let (m, ids, types, mask) = load();
     let a = m.forward(&ids, &types, &mask, Mode::Inference).unwrap();
     let b = m.forward(&ids, &types, &mask, Mode::Train).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_diff(&a, &b);
     assert!(d < 1e-4, "max |diff| {d}");
 }
 

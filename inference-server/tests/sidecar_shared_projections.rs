@@ -9,7 +9,7 @@
 mod sidecar_common;
 
 use inference_server::sidecar::backend::candle::CandleBackend;
-use inference_server::sidecar::backend::{Backend, TaskFiles};
+use inference_server::sidecar::backend::Backend;
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{Pooling, TaskKind};
 use inference_server::sidecar::tokenize::Tokenization;
@@ -81,18 +81,10 @@ fn shared_projections_give_each_task_its_own_outputs() {
     write_random_task(dir.path(), &specs[0], 384, 1536, 6).unwrap();
     specs[3].line_breaks = true;
     write_random_task(dir.path(), &specs[3], 384, 1536, 6).unwrap();
-    let files: Vec<TaskFiles> = specs
-        .into_iter()
-        .map(|spec| TaskFiles {
-            dir: dir.path().join(&spec.name),
-            spec,
-        })
-        .collect();
-    let base = base_model();
-    let backend = CandleBackend::load(&base, &files, candle_core::Device::Cpu).unwrap();
-    let tok = Tokenization::load(&base.join("tokenizer.json"), 64).unwrap();
+    let tasks = specs.len();
+    let (backend, tok) = backend_of(dir.path(), specs);
 
-    let alone: Vec<_> = (0..files.len())
+    let alone: Vec<_> = (0..tasks)
         .map(|t| run(&backend, &tok, false, &[t]))
         .collect();
     // All tasks and the embedding: the trunk runs every layer and shares
@@ -105,7 +97,7 @@ fn shared_projections_give_each_task_its_own_outputs() {
     // layer 5 and the two share its projections there.
     let at_stop = run(&backend, &tok, false, &[0, 2]);
     for (row, text) in TEXTS.iter().enumerate() {
-        for t in 0..files.len() {
+        for t in 0..tasks {
             let reference = &alone[t][row][0];
             let d = max_abs_diff(reference, &together[row][t]);
             assert!(d < 1e-4, "task {t} on {text:?}: shared differs by {d}");

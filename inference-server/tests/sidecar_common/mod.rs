@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use inference_server::sidecar::backend::{Batch, HeadOutput, SequenceOutput, Wants};
+use inference_server::sidecar::backend::candle::CandleBackend;
+use inference_server::sidecar::backend::{Batch, HeadOutput, SequenceOutput, TaskFiles, Wants};
 use inference_server::sidecar::tasks::random::write_random_task;
 use inference_server::sidecar::tasks::{HeadSpec, LoraSpec, Pooling, TaskKind, TaskSpec};
 use inference_server::sidecar::tokenize::Tokenization;
@@ -210,18 +211,37 @@ pub fn entities(r: &vsr_proto::v1::TaskResult) -> &[vsr_proto::v1::EntitySpan] {
 
 /// One backend batch of `texts`, every row wanting the same outputs.
 pub fn batch_of(tok: &Tokenization, texts: &[&str], embedding: bool, tasks: &[usize]) -> Batch {
+    let wants = Wants {
+        embedding,
+        tasks: tasks.to_vec(),
+    };
+    batch_with(tok, texts, &vec![wants; texts.len()])
+}
+
+/// `texts` tokenized into one batch, row `r` wanting `wants[r]`.
+pub fn batch_with(tok: &Tokenization, texts: &[&str], wants: &[Wants]) -> Batch {
     let enc: Vec<_> = texts.iter().map(|t| tok.encode(t).unwrap()).collect();
-    Batch::from_rows(enc.iter().map(|e| {
-        (
-            &e.ids[..],
-            &e.type_ids[..],
-            &e.line_starts[..],
-            Wants {
-                embedding,
-                tasks: tasks.to_vec(),
-            },
-        )
-    }))
+    Batch::from_rows(
+        enc.iter()
+            .zip(wants)
+            .map(|(e, w)| (&e.ids[..], &e.type_ids[..], &e.line_starts[..], w.clone())),
+    )
+}
+
+/// The candle backend over the base model and the tasks `specs` (written
+/// under `dir/<name>`), with a tokenizer cutting at 64 tokens.
+pub fn backend_of(dir: &Path, specs: Vec<TaskSpec>) -> (CandleBackend, Tokenization) {
+    let files: Vec<TaskFiles> = specs
+        .into_iter()
+        .map(|spec| TaskFiles {
+            dir: dir.join(&spec.name),
+            spec,
+        })
+        .collect();
+    let base = base_model();
+    let backend = CandleBackend::load(&base, &files, candle_core::Device::Cpu).unwrap();
+    let tok = Tokenization::load(&base.join("tokenizer.json"), 64).unwrap();
+    (backend, tok)
 }
 
 /// Every row's head outputs as (task id, logits), in the order the

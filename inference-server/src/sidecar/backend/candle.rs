@@ -202,6 +202,12 @@ impl TaskBranch {
         })
     }
 
+    /// A CLS-pooled sequence head: it reads position 0 of its last layer
+    /// only, so that layer runs queries and what follows for `[CLS]` alone.
+    pub fn cls_only(&self) -> bool {
+        !self.kind.per_token() && self.pooling == Pooling::Cls
+    }
+
     /// For serving: folds the adapters of every re-run layer that runs
     /// over all tokens into a copy of that layer's weights, so it costs what
     /// a base layer costs (a token head's layers, say) instead of adding
@@ -213,10 +219,9 @@ impl TaskBranch {
         if self.members != 1 {
             return Ok(self);
         }
-        let cls_only = !self.kind.per_token() && self.pooling == Pooling::Cls;
         let last = self.adapters.len().saturating_sub(1);
         for k in 0..self.adapters.len() {
-            if cls_only && k == last {
+            if self.cls_only() && k == last {
                 continue;
             }
             let base = model.layer_at(self.first_layer + k)?;
@@ -356,7 +361,7 @@ impl CandleBackend {
                     .map_err(|e| BackendError::Load(format!("{what}: {e}")))?,
             );
         }
-        let cls_group = ClsGroup::build(&branches, &model.config)
+        let cls_group = ClsGroup::build(&branches, &model)
             .map_err(load_err("stacking the CLS-pooled tasks"))?;
         Ok(Self {
             model,
@@ -479,24 +484,23 @@ impl CandleBackend {
                     Some((h, qkv)) => (h, qkv.as_ref()),
                     None => (&x, None),
                 };
-                let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
-                let pick = |t: &Tensor| -> candle_core::Result<Tensor> {
-                    if rows.len() == n {
-                        Ok(t.clone())
-                    } else {
-                        t.index_select(&idx, 0)
-                    }
-                };
-                let (h, b) = (pick(start)?, repeat_rows(&pick(&bias)?, g.members)?);
+                let pick = RowPick::new(&rows, n, dev)?;
+                let (h, b) = (pick.of(start)?, repeat_rows(&pick.of(&bias)?, g.members)?);
                 let layer = self.model.layer_at(layers - 1)?;
                 let a = Some(&g.adapter);
                 let cls = match qkv {
-                    Some(p) => {
-                        layer.forward_projected(&h, &pick(p)?, g.members, true, &b, a, self.mode)?
-                    }
+                    Some(p) => layer.forward_projected(
+                        &h,
+                        &pick.of(p)?,
+                        g.members,
+                        true,
+                        &b,
+                        a,
+                        self.mode,
+                    )?,
                     None => layer.forward_copies(&h, g.members, true, &b, a, self.mode)?,
                 };
-                let e = shared.as_ref().map(pick).transpose()?;
+                let e = shared.as_ref().map(|e| pick.of(e)).transpose()?;
                 let r = rows.len();
                 for &(t, first, k) in &asked {
                     let part = cls.narrow(0, first * r, k * r)?;
@@ -521,26 +525,15 @@ impl CandleBackend {
                 .filter(|_| batch.line_starts.iter().any(|&f| f != 0))
                 .map(|_| Tensor::from_slice(&batch.line_starts, (n, s), dev))
                 .transpose()?;
-            let (h, qkv, m, b, e, lines) = if rows.len() == n {
-                (
-                    start.clone(),
-                    qkv.cloned(),
-                    mask.clone(),
-                    bias.clone(),
-                    shared.cloned(),
-                    lines,
-                )
-            } else {
-                let idx = Tensor::from_slice(&rows, rows.len(), dev)?;
-                (
-                    start.index_select(&idx, 0)?,
-                    qkv.map(|p| p.index_select(&idx, 0)).transpose()?,
-                    mask.index_select(&idx, 0)?,
-                    bias.index_select(&idx, 0)?,
-                    shared.map(|e| e.index_select(&idx, 0)).transpose()?,
-                    lines.map(|l| l.index_select(&idx, 0)).transpose()?,
-                )
-            };
+            let pick = RowPick::new(&rows, n, dev)?;
+            let (h, qkv, m, b) = (
+                pick.of(start)?,
+                qkv.map(|p| pick.of(p)).transpose()?,
+                pick.of(&mask)?,
+                pick.of(&bias)?,
+            );
+            let e = shared.map(|e| pick.of(e)).transpose()?;
+            let lines = lines.map(|l| pick.of(&l)).transpose()?;
             if branch.kind.per_token() {
                 let (h, qkv) = match &lines {
                     Some(lines) => (
@@ -615,8 +608,7 @@ impl CandleBackend {
         qkv: Option<&Tensor>,
         bias: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        // A CLS-pooled head only reads position 0 of the last layer.
-        let cls_only = !branch.kind.per_token() && branch.pooling == Pooling::Cls;
+        let cls_only = branch.cls_only();
         let last = branch.adapters.len().saturating_sub(1);
         for (k, adapter) in branch.adapters.iter().enumerate() {
             let layer = match &branch.folded[k] {
@@ -656,6 +648,29 @@ impl CandleBackend {
     }
 }
 
+/// The rows of a batch a task runs on: `of` selects them from a tensor
+/// whose first axis is the batch (no copy when they are all of them).
+struct RowPick {
+    idx: Option<Tensor>,
+}
+
+impl RowPick {
+    fn new(rows: &[u32], n: usize, dev: &Device) -> candle_core::Result<Self> {
+        Ok(Self {
+            idx: (rows.len() != n)
+                .then(|| Tensor::from_slice(rows, rows.len(), dev))
+                .transpose()?,
+        })
+    }
+
+    fn of(&self, t: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.idx {
+            None => Ok(t.clone()),
+            Some(idx) => t.index_select(idx, 0),
+        }
+    }
+}
+
 // === impl ClsGroup ===
 
 /// The tasks whose branch is the last layer for `[CLS]` only (the shipped
@@ -676,13 +691,13 @@ impl ClsGroup {
     /// The group of `branches` that re-run only the last of `layers` for
     /// `[CLS]`, without a key adapter (keys are shared) or line-break vector;
     /// `None` for fewer than two (or no adapters at all).
-    fn build(branches: &[TaskBranch], cfg: &BertConfig) -> candle_core::Result<Option<Self>> {
+    fn build(branches: &[TaskBranch], model: &BertModel) -> candle_core::Result<Option<Self>> {
+        let cfg = &model.config;
         let layers = cfg.num_hidden_layers;
         let eligible: Vec<TaskId> = (0..branches.len())
             .filter(|&t| {
                 let b = &branches[t];
-                !b.kind.per_token()
-                    && b.pooling == Pooling::Cls
+                b.cls_only()
                     && b.first_layer + 1 == layers
                     && b.adapters.len() == 1
                     && b.adapters[0].key.is_none()
@@ -702,18 +717,8 @@ impl ClsGroup {
         }
         let rank = adapters
             .iter()
-            .flat_map(|a| {
-                [
-                    &a.query,
-                    &a.value,
-                    &a.attention_output,
-                    &a.intermediate,
-                    &a.output,
-                ]
-                .into_iter()
-                .flatten()
-                .map(|l| l.a.dim(l.a.rank() - 2))
-            })
+            .flat_map(|a| a.loras())
+            .map(|l| l.a.dim(l.a.rank() - 2))
             .collect::<candle_core::Result<Vec<_>>>()?
             .into_iter()
             .max()
@@ -722,7 +727,7 @@ impl ClsGroup {
             return Ok(None);
         }
         let counts: Vec<usize> = eligible.iter().map(|&t| branches[t].members).collect();
-        let dev = branches[eligible[0]].head.out.weight().device().clone();
+        let dev = model.device();
         let slot = |get: fn(&LayerAdapter) -> Option<&Lora>,
                     inn: usize,
                     out: usize|
@@ -735,8 +740,8 @@ impl ClsGroup {
                 let (la, lb) = match get(a) {
                     Some(l) => stacked_padded(l, m, rank)?,
                     None => (
-                        Tensor::zeros((m, rank, inn), DType::F32, &dev)?,
-                        Tensor::zeros((m, out, rank), DType::F32, &dev)?,
+                        Tensor::zeros((m, rank, inn), DType::F32, dev)?,
+                        Tensor::zeros((m, out, rank), DType::F32, dev)?,
                     ),
                 };
                 a_all.push(la);
@@ -768,11 +773,7 @@ impl ClsGroup {
 /// `l` as `[m, rank, in]` and `[m, out, rank]` (a one-member adapter gets
 /// the member axis), its rank padded with zeros and its scale folded into B.
 fn stacked_padded(l: &Lora, m: usize, rank: usize) -> candle_core::Result<(Tensor, Tensor)> {
-    let (a, b) = if l.a.rank() == 2 {
-        (l.a.unsqueeze(0)?, l.b.unsqueeze(0)?)
-    } else {
-        (l.a.clone(), l.b.clone())
-    };
+    let (a, b) = l.with_member_axis()?;
     let (_, r, inn) = a.dims3()?;
     let out = b.dim(1)?;
     let b = (b.to_dtype(DType::F32)? * l.scale)?;

@@ -137,6 +137,25 @@ impl Lora {
         })
     }
 
+    /// How many members are stacked in it (1 unless [`LayerAdapter::stack`]ed).
+    pub fn members(&self) -> usize {
+        if self.a.rank() == 3 {
+            self.a.dims()[0]
+        } else {
+            1
+        }
+    }
+
+    /// `a` and `b` with the member axis (`[m, rank, in]`, `[m, out, rank]`),
+    /// one-member adapters included.
+    pub fn with_member_axis(&self) -> Result<(Tensor, Tensor)> {
+        if self.a.rank() == 2 {
+            Ok((self.a.unsqueeze(0)?, self.b.unsqueeze(0)?))
+        } else {
+            Ok((self.a.clone(), self.b.clone()))
+        }
+    }
+
     /// The delta for `x` of shape `[batch, seq, in]`. Stacked: the batch is
     /// `members` equal groups of rows, group k for member k.
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
@@ -219,8 +238,8 @@ impl LayerAdapter {
         Ok(a)
     }
 
-    /// How many members are stacked in it (1 for a plain or empty adapter).
-    pub fn members(&self) -> usize {
+    /// Its adapters, whichever targets carry one.
+    pub fn loras(&self) -> impl Iterator<Item = &Lora> {
         [
             &self.query,
             &self.key,
@@ -231,8 +250,11 @@ impl LayerAdapter {
         ]
         .into_iter()
         .flatten()
-        .next()
-        .map_or(1, |l| if l.a.rank() == 3 { l.a.dims()[0] } else { 1 })
+    }
+
+    /// How many members are stacked in it (1 for a plain or empty adapter).
+    pub fn members(&self) -> usize {
+        self.loras().next().map_or(1, Lora::members)
     }
 
     /// One adapter whose LoRA matrices stack those of `members` (same
@@ -652,11 +674,7 @@ impl BertLayer {
 fn value_delta_attended(x: &Tensor, probs: &Tensor, l: &Lora, heads: usize) -> Result<Tensor> {
     let (b, s, h) = x.dims3()?;
     let c = probs.dim(2)?;
-    let (a, bm) = if l.a.rank() == 2 {
-        (l.a.unsqueeze(0)?, l.b.unsqueeze(0)?)
-    } else {
-        (l.a.clone(), l.b.clone())
-    };
+    let (a, bm) = l.with_member_axis()?;
     let r = a.dim(1)?;
     // Each member's X·Aᵀ in one matmul: [b·s, c·r] → [b, c, s, r].
     let u = x
