@@ -41,7 +41,16 @@ pub fn write_task(
 ) -> anyhow::Result<PathBuf> {
     use anyhow::Context;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    candle_core::safetensors::save(tensors, out.join(ADAPTER_FILE))?;
+    let adapter = out.join(ADAPTER_FILE);
+    candle_core::safetensors::save(tensors, &adapter)?;
+    // safetensors writes through a 0600 temp file; a task directory is shipped
+    // and read by a sidecar that may run as another user.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&adapter, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("making {} readable", adapter.display()))?;
+    }
     std::fs::write(
         out.join(TASK_FILE),
         serde_json::to_string_pretty(spec)? + "\n",
@@ -350,6 +359,26 @@ pub(crate) fn test_spec(kind: TaskKind) -> TaskSpec {
 mod tests {
     use super::test_spec as spec;
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn written_weights_are_readable_by_other_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let t = candle_core::Tensor::zeros(2, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+        let out = write_task(
+            &dir.path().join("t"),
+            &spec(TaskKind::Sequence),
+            &[("head.bias".to_string(), t)].into(),
+        )
+        .unwrap();
+        let mode = std::fs::metadata(out.join(ADAPTER_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "adapter mode {mode:o}");
+    }
 
     #[test]
     fn validate_names_what_is_wrong() {
